@@ -1,0 +1,272 @@
+"""The registry file: read, parse and validate it into immutable ``Script`` entries.
+
+Every error names the file, the script (id, or position when the id is missing)
+and the field at fault, so a user never sees a bare KeyError for their mistake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from runtime.errors import RegistryError
+
+__all__ = [
+    "ARGUMENT_TYPES",
+    "ArgumentSpec",
+    "FileStamp",
+    "Registry",
+    "Script",
+    "load_registry",
+    "parse_registry",
+    "stamp",
+]
+
+#: Argument types a registry may declare, with the JSON values each accepts.
+ARGUMENT_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+
+_KINDS = ("command", "python", "http", "sql")
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentSpec:
+    """One declared argument of a script.
+
+    Attributes:
+        type: one of ``ARGUMENT_TYPES``.
+        required: a job must give it.
+        default: used when a job does not give it (``None``: no default).
+        description: free text for people.
+    """
+
+    type: str
+    required: bool = False
+    default: Any = None
+    description: str = ""
+
+    def accepts(self, value: Any) -> bool:
+        if self.type in ("integer", "number") and isinstance(value, bool):
+            return False  # JSON true is not a number, although Python's bool is an int
+        return isinstance(value, ARGUMENT_TYPES[self.type])
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """One registry entry, validated.
+
+    Attributes:
+        id: unique name jobs refer to.
+        kind: ``command`` (a child process), ``python`` (a function), ``http`` or ``sql``.
+        command: argv list for ``command`` scripts; a relative program path is
+            resolved against the registry's folder, which is also the working folder.
+        description: free text for people.
+        arguments: declared arguments by name.
+        timeout: seconds an attempt may take.
+        max_retries: attempts after the first one that failed (``None``: the runtime's default).
+        folder: the registry's folder.
+        options: every other field of the entry, kept for the kinds that need them.
+    """
+
+    id: str
+    kind: str = "command"
+    command: tuple[str, ...] = ()
+    description: str = ""
+    arguments: Mapping[str, ArgumentSpec] = field(default_factory=lambda: _EMPTY)
+    timeout: float = 60.0
+    max_retries: int | None = None
+    folder: str = "."
+    options: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What identifies one version of a file without reading it."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+
+
+def stamp(path: Path) -> FileStamp | None:
+    """The file's current stamp, or ``None`` when it does not exist."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class Registry(Mapping[str, Script]):
+    """An immutable, validated registry: script id -> ``Script``."""
+
+    def __init__(self, path: Path, scripts: Mapping[str, Script]) -> None:
+        self.path = path
+        self._scripts = dict(scripts)
+
+    def __getitem__(self, script_id: str) -> Script:
+        return self._scripts[script_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._scripts)
+
+    def __len__(self) -> int:
+        return len(self._scripts)
+
+
+class _Checker:
+    """Validates one entry, building messages that name file, script and field."""
+
+    def __init__(self, path: Path, where: str, entry: dict[str, Any]) -> None:
+        self.path = path
+        self.where = where
+        self.entry = entry
+
+    def fail(self, field_name: str, problem: str) -> RegistryError:
+        return RegistryError(f"{self.path}: {self.where}, field {field_name!r}: {problem}")
+
+    def get(self, name: str, types: type | tuple[type, ...], default: Any, what: str) -> Any:
+        if name not in self.entry:
+            return default
+        value = self.entry[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+            raise self.fail(name, f"must be {what}, got {_json_type(value)}")
+        return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _json_type(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def _parse_arguments(check: _Checker) -> Mapping[str, ArgumentSpec]:
+    raw = check.get("arguments", dict, {}, "an object of name -> {type, required, default}")
+    specs: dict[str, ArgumentSpec] = {}
+    for name, spec in raw.items():
+        field_name = f"arguments.{name}"
+        if not isinstance(spec, dict):
+            raise check.fail(field_name, f"must be an object, got {_json_type(spec)}")
+        kind = spec.get("type")
+        if kind not in ARGUMENT_TYPES:
+            raise check.fail(
+                f"{field_name}.type",
+                f"unknown argument type {kind!r}; use one of {', '.join(ARGUMENT_TYPES)}",
+            )
+        required = spec.get("required", False)
+        if not isinstance(required, bool):
+            raise check.fail(f"{field_name}.required", f"must be a boolean, got {_json_type(required)}")
+        description = spec.get("description", "")
+        if not isinstance(description, str):
+            raise check.fail(f"{field_name}.description", "must be a string")
+        arg = ArgumentSpec(kind, required, spec.get("default"), description)
+        if arg.default is not None and not arg.accepts(arg.default):
+            raise check.fail(f"{field_name}.default", f"must be of type {kind}, got {_json_type(arg.default)}")
+        specs[name] = arg
+    return MappingProxyType(specs)
+
+
+def _parse_command(check: _Checker, folder: Path) -> tuple[str, ...]:
+    command = check.entry.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
+        raise check.fail("command", "must be a non-empty array of non-empty strings (an argv list)")
+    program = command[0]
+    # A program named by a relative path is relative to the registry, not to
+    # wherever the runtime happens to be started; a bare name is looked up on PATH.
+    if os.sep in program and not os.path.isabs(program):
+        program = os.path.normpath(folder / program)
+    return (program, *command[1:])
+
+
+def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script:
+    where = f"script #{position + 1}"
+    if not isinstance(entry, dict):
+        raise RegistryError(f"{path}: {where}: must be an object, got {_json_type(entry)}")
+    if "id" not in entry:
+        raise RegistryError(f"{path}: {where}, field 'id': missing")
+    script_id = entry["id"]
+    if not isinstance(script_id, str) or not script_id.strip():
+        raise RegistryError(f"{path}: {where}, field 'id': must be a non-empty string")
+    check = _Checker(path, f"script {script_id!r} (#{position + 1})", entry)
+    kind = check.get("kind", str, "command", "a string")
+    if kind not in _KINDS:
+        raise check.fail("kind", f"unknown kind {kind!r}; use one of {', '.join(_KINDS)}")
+    command = _parse_command(check, folder) if kind == "command" else ()
+    timeout = check.get("timeout", (int, float), 60.0, "a number of seconds")
+    if timeout <= 0:
+        raise check.fail("timeout", f"must be positive, got {timeout}")
+    max_retries = check.get("max_retries", int, None, "an integer")
+    if max_retries is not None and max_retries < 0:
+        raise check.fail("max_retries", f"must be 0 or more, got {max_retries}")
+    known = {"id", "kind", "command", "description", "arguments", "timeout", "max_retries"}
+    return Script(
+        id=script_id,
+        kind=kind,
+        command=command,
+        description=check.get("description", str, "", "a string"),
+        arguments=_parse_arguments(check),
+        timeout=float(timeout),
+        max_retries=max_retries,
+        folder=str(folder),
+        options=MappingProxyType({k: v for k, v in entry.items() if k not in known}),
+    )
+
+
+def parse_registry(path: Path, data: bytes | str) -> Registry:
+    """Parse and validate registry text.
+
+    Raises:
+        RegistryError: invalid JSON (with line and column) or an invalid entry.
+    """
+    try:
+        document = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise RegistryError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+    except UnicodeDecodeError as e:
+        raise RegistryError(f"{path}: not UTF-8 text: {e}") from e
+    if not isinstance(document, dict) or not isinstance(document.get("scripts"), list):
+        raise RegistryError(f'{path}: must be an object with a "scripts" array')
+    scripts: dict[str, Script] = {}
+    folder = path.parent.resolve()
+    for position, entry in enumerate(document["scripts"]):
+        script = _parse_script(path, folder, position, entry)
+        if script.id in scripts:
+            raise RegistryError(f"{path}: script #{position + 1}, field 'id': duplicate id {script.id!r}")
+        scripts[script.id] = script
+    return Registry(path, scripts)
+
+
+def load_registry(path: str | os.PathLike[str]) -> Registry:
+    """Read and validate the registry file at ``path``.
+
+    Raises:
+        RegistryError: the file cannot be read or is invalid.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise RegistryError(f"{path}: cannot read the registry: {e.strerror or e}") from e
+    return parse_registry(path, data)
