@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_serve_runs_until_sigterm_and_prints_stats(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "--log-level", "warning", "serve",
+         "--registry", str(ROOT / "examples" / "registry.json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # blocks until the runtime is up
+        assert "runtime up: 4 scripts" in first
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["registry"]["scripts"] == 4
+
+
+def test_bad_registry_is_one_clear_line(tmp_path: Path) -> None:
+    bad = tmp_path / "registry.json"
+    bad.write_text('{"scripts": [{"id": "x", "command": ["true"], "timeout": -1}]}')
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "serve", "--registry", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {bad}: script 'x' (#1), field 'timeout': must be positive, got -1"
