@@ -11,7 +11,7 @@ from typing import Any
 import pykka
 
 from runtime.clock import Clock, TimerHandle
-from runtime.messages import ChildFailed, ChildRestarted, ChildStarted, RestartChild
+from runtime.messages import ChildDown, ChildFailed, ChildRestarted, ChildStarted, ReplaceChild, RestartChild
 from runtime.supervision import ChildSpec, RestartPolicy
 
 from actors.base import Directory
@@ -76,6 +76,13 @@ class SupervisorActor(pykka.ThreadingActor):
                     self._ready.set()
         elif isinstance(message, ChildFailed):
             self._child_failed(message)
+        elif isinstance(message, ReplaceChild):
+            # A hung child cannot process a stop; it is abandoned (its thread is a
+            # daemon and stops once its handler returns) and replaced like a failed one.
+            ref = self._directory.get(message.name)
+            if ref is not None and ref.actor_urn == message.urn:
+                ref.stop(block=False)
+            self._child_failed(ChildFailed(message.name, message.urn, message.error), notify=False)
         elif isinstance(message, RestartChild):
             if not self._stopping and self._generation.get(message.name) == message.generation:
                 self._timers.pop(message.name, None)
@@ -112,10 +119,13 @@ class SupervisorActor(pykka.ThreadingActor):
         self._current[name] = ref.actor_urn
         self._directory.set(name, ref)
 
-    def _child_failed(self, message: ChildFailed) -> None:
+    def _child_failed(self, message: ChildFailed, notify: bool = True) -> None:
         if self._stopping or self._current.get(message.name) != message.urn:
             return  # a late report about an instance already replaced, or shutting down
         name = message.name
+        if notify and name != "scheduler":
+            # The scheduler retries whatever job the failed child was running.
+            self._directory.tell("scheduler", ChildDown(name, message.error))
         self._current.pop(name, None)
         self._directory.set(name, None)
         self._last_failure[name] = message.error

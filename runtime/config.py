@@ -38,7 +38,8 @@ class Settings:
         cache_memory_mb: most memory the cached entries may take, in MiB
             (``CACHE_MEMORY_MB``; fractions allowed).
         job_concurrency: number of workers (``JOB_CONCURRENCY``).
-        job_storage_path: folder of the job store (``JOB_STORAGE_PATH``).
+        job_storage_path: folder of the job store (``JOB_STORAGE_PATH``; by default
+            ``.jobs`` beside the registry, so each registry has its own jobs).
         redis_url: Redis for distributed mode; ``None`` keeps everything local
             (``REDIS_URL``).
         watcher: ``auto`` (inotify, else polling), ``inotify`` or ``polling`` (``WATCHER``).
@@ -49,13 +50,18 @@ class Settings:
         backoff_max: cap of the doubling restart delay, seconds.
         backoff_reset: a child quiet this long starts again from ``backoff_min``.
         ask_timeout: seconds any internal ``ask`` waits before giving up.
+        max_retries: retries of a failed job when neither its script nor its
+            submission says (the specification's default, 3).
+        retry_backoff_min: delay before a job's first retry, seconds (doubles after).
+        retry_backoff_max: cap of the delay between two attempts, seconds.
+        drain_timeout: on a graceful stop, seconds running jobs get to finish.
     """
 
     registry_path: Path = Path("registry.json")
     cache_size: int = 100
     cache_memory_mb: float = 100.0
     job_concurrency: int = 4
-    job_storage_path: Path = Path(".jobs")
+    job_storage_path: Path | None = None
     redis_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
     watcher: str = "auto"
     poll_interval: float = 0.5
@@ -65,6 +71,10 @@ class Settings:
     backoff_max: float = 5.0
     backoff_reset: float = 30.0
     ask_timeout: float = 10.0
+    max_retries: int = 3
+    retry_backoff_min: float = 1.0
+    retry_backoff_max: float = 60.0
+    drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("cache_size", "job_concurrency", "max_restarts"):
@@ -73,6 +83,15 @@ class Settings:
         for name in ("cache_memory_mb", "poll_interval", "restart_window", "ask_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name} must be positive, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ConfigError(f"setting max_retries must be 0 or more, got {self.max_retries}")
+        if self.drain_timeout < 0:
+            raise ConfigError(f"setting drain_timeout must be 0 or more, got {self.drain_timeout}")
+        if not 0 <= self.retry_backoff_min <= self.retry_backoff_max:
+            raise ConfigError(
+                f"settings retry_backoff_min ({self.retry_backoff_min}) and retry_backoff_max "
+                f"({self.retry_backoff_max}) must satisfy 0 <= retry_backoff_min <= retry_backoff_max"
+            )
         if not 0 <= self.backoff_min <= self.backoff_max:
             raise ConfigError(
                 f"settings backoff_min ({self.backoff_min}) and backoff_max ({self.backoff_max}) "
@@ -98,7 +117,7 @@ def _convert(name: str, raw: Any, source: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError
             return float(raw)
-        if kind == "Path":
+        if kind in ("Path", "Path | None"):
             return Path(raw)
         if kind == "str | None":
             return None if raw in (None, "") else str(raw)

@@ -7,6 +7,7 @@ User mistakes (a bad registry, an unknown script, a bad setting) derive from
 from __future__ import annotations
 
 __all__ = [
+    "JobNotFound",
     "ActorRuntimeError",
     "ConfigError",
     "InjectedFault",
@@ -63,3 +64,14 @@ class StoreError(ActorRuntimeError):
 
 class InvalidArguments(ActorRuntimeError, ValueError):
     """A job's arguments do not match its script's declared arguments; the message names both."""
+
+
+class JobNotFound(ActorRuntimeError, LookupError):
+    """No job with the given id is known (in memory or in the store)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"unknown job {job_id!r}")
+        self.job_id = job_id
+
+    def __reduce__(self) -> tuple[type[JobNotFound], tuple[str]]:
+        return (type(self), (self.job_id,))

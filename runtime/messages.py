@@ -12,6 +12,17 @@ from typing import Any
 
 __all__ = [
     "ActorCounted",
+    "ChildDown",
+    "DeadlinePassed",
+    "JobFigures",
+    "JobFinished",
+    "JobProgress",
+    "JobStarted",
+    "ReplaceChild",
+    "ReportReady",
+    "RetryDue",
+    "RunJob",
+    "WorkerReady",
     "CacheFigures",
     "ChildFailed",
     "ChildRestarted",
@@ -73,6 +84,108 @@ class InjectFault:
 
     reason: str = "injected fault"
     exit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ChildDown:
+    """Supervisor → SchedulerActor: child ``name`` failed (or was replaced) with ``error``."""
+
+    name: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceChild:
+    """SchedulerActor → Supervisor: the instance ``urn`` of ``name`` hangs; replace it."""
+
+    name: str
+    urn: str
+    error: str
+
+
+# --- jobs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunJob:
+    """SchedulerActor → WorkerActor: run attempt ``attempt`` of a job.
+
+    Attributes:
+        job_id: the job.
+        attempt: attempt number, 1 for the first; reports carry it back so a late
+            report about an attempt already given up on is ignored.
+        script: the registry entry, as validated at submission.
+        arguments: validated arguments (JSON values).
+    """
+
+    job_id: str
+    attempt: int
+    script: Any
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    """WorkerActor → SchedulerActor: idle and ready for a job."""
+
+    worker: str
+    urn: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportReady:
+    """SchedulerActor → WorkerActor (after a scheduler restart): say ``WorkerReady`` when idle."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobStarted:
+    """WorkerActor → SchedulerActor: the attempt runs; ``cancel`` stops it from any thread."""
+
+    job_id: str
+    attempt: int
+    cancel: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """WorkerActor → SchedulerActor: the script reported progress."""
+
+    job_id: str
+    attempt: int
+    fraction: float
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobFinished:
+    """WorkerActor → SchedulerActor: the attempt ended with ``result`` (an ExecutionResult dict)."""
+
+    job_id: str
+    attempt: int
+    worker: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDue:
+    """Timer → SchedulerActor: the backoff before the next attempt of ``job_id`` is over."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlinePassed:
+    """Timer → SchedulerActor: attempt ``attempt`` of ``job_id`` outlived its deadline."""
+
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFigures:
+    """SchedulerActor → StatsActor: the queue's figures as they are now."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 # --- registry and watcher --------------------------------------------------------------

@@ -7,26 +7,32 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pykka
 
+from runtime.callbacks import CallbackRunner
 from runtime.clock import Clock, SystemClock
 from runtime.config import Settings, load_settings
-from runtime.errors import RuntimeStopped, SupervisorEscalated
+from runtime.errors import InvalidArguments, JobNotFound, RuntimeStopped, SupervisorEscalated
+from runtime.executors import validate_arguments
 from runtime.messages import InjectFault
-from runtime.registry import load_registry
+from runtime.registry import Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView
 from runtime.stats import StatsAccumulator
+from runtime.store import JobStore
 from runtime.supervision import Backoff, ChildSpec, RestartPolicy
 
 from actors.base import ActorContext, Directory
 from actors.cache import CacheActor
+from actors.scheduler import SchedulerActor
 from actors.stats import StatsActor
 from actors.supervisor import SupervisorActor
 from actors.watcher import WatcherActor
+from actors.worker import WorkerActor
 
 __all__ = ["Runtime"]
 
@@ -34,14 +40,18 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime:
-    """A running actor tree: Supervisor -> StatsActor, CacheActor, WatcherActor.
+    """A running actor tree: Supervisor -> StatsActor, CacheActor, WatcherActor,
+    SchedulerActor and ``job_concurrency`` WorkerActors.
 
-    Use :meth:`start`, then the proxies (``rt.cache``, ``rt.stats``, ``rt.watcher``)
-    and :meth:`stop` (or ``with Runtime.start(...) as rt:``).
+    Use :meth:`start`, then :meth:`submit` / :meth:`status` / :meth:`wait_job`, the
+    proxies (``rt.cache``, ``rt.scheduler``, ``rt.stats``, ``rt.watcher``) and
+    :meth:`stop` (or ``with Runtime.start(...) as rt:``).
     """
 
     def __init__(self, settings: Settings, clock: Clock | None = None,
-                 inotify_factory: Callable[..., Any] | None = None) -> None:
+                 inotify_factory: Callable[..., Any] | None = None,
+                 store_factory: Callable[[], JobStore] | None = None,
+                 retry_rng: Callable[[], float] | None = None) -> None:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self._owns_clock = clock is None
@@ -50,6 +60,9 @@ class Runtime:
         self._stats = StatsAccumulator()
         self._cache_memory = CacheMemory()
         self._inotify_factory = inotify_factory
+        self._store_factory = store_factory
+        self._retry_rng = retry_rng
+        self.callbacks = CallbackRunner()
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._lifecycle = threading.Lock()  # guards start/stop of this handle, not actor state
@@ -67,6 +80,8 @@ class Runtime:
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
         inotify_factory: Callable[..., Any] | None = None,
+        store_factory: Callable[[], JobStore] | None = None,
+        retry_rng: Callable[[], float] | None = None,
         **settings: Any,
     ) -> Runtime:
         """Build and start the actor tree.
@@ -76,6 +91,9 @@ class Runtime:
             clock: the clock (a ``ManualClock`` in tests); real time by default.
             env: the environment to read settings from (``os.environ`` by default).
             inotify_factory: replaces the inotify backend (tests simulate its absence).
+            store_factory: opens the job store (default: SQLite under ``job_storage_path``;
+                ``runtime.store.MemoryStore`` keeps nothing on disk).
+            retry_rng: jitter source of the job retry backoff (tests fix it).
             **settings: any field of :class:`~runtime.config.Settings`.
 
         Raises:
@@ -86,7 +104,7 @@ class Runtime:
         resolved = load_settings(env, registry_path=registry_path, **settings)
         resolved = _absolute_registry(resolved)
         load_registry(resolved.registry_path)  # a bad registry is the user's error: say it now
-        runtime = cls(resolved, clock, inotify_factory)
+        runtime = cls(resolved, clock, inotify_factory, store_factory, retry_rng)
         runtime._start()
         return runtime
 
@@ -121,6 +139,12 @@ class Runtime:
             ChildSpec("stats", lambda: StatsActor.start(context("stats"), self._stats)),
             ChildSpec("cache", lambda: CacheActor.start(context("cache"), self._cache_memory, self.cache_view)),
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
+            ChildSpec("scheduler", lambda: SchedulerActor.start(
+                context("scheduler"), self.callbacks, self._store_factory, self._retry_rng)),
+            *[
+                ChildSpec(f"worker-{i}", lambda name=f"worker-{i}": WorkerActor.start(context(name)))
+                for i in range(self.settings.job_concurrency)
+            ],
         ]
 
     def _escalated(self, text: str) -> None:
@@ -130,9 +154,15 @@ class Runtime:
         self._ready.set()  # wakes a start() still waiting for the tree
         threading.Thread(target=self.stop, name="runtime-escalation", daemon=True).start()
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop every actor and thread this runtime started (idempotent)."""
+    def stop(self, timeout: float | None = None, drain: float | None = None) -> None:
+        """Stop every actor and thread this runtime started (idempotent).
+
+        Running jobs get ``drain`` seconds (default ``drain_timeout``) to finish;
+        queued ones stay queued in the store for the next start, and any still
+        running after the drain are stopped and retried by the next start.
+        """
         timeout = self.settings.ask_timeout if timeout is None else timeout
+        self._drain(self.settings.drain_timeout if drain is None else drain)
         with self._lifecycle:
             if self._stopped.is_set() and self._supervisor is None:
                 return
@@ -152,10 +182,28 @@ class Runtime:
                 self.directory.set(name, None)
             if self._owns_clock:
                 self.clock.close()
+            self.callbacks.close()
             self._proxies.clear()
             self._stopped.set()
         atexit.unregister(self.stop)
         logger.info("runtime stopped")
+
+    def _drain(self, seconds: float) -> None:
+        if self._stopped.is_set() or self._escalation is not None:
+            return
+        try:
+            scheduler = self.proxy("scheduler")
+            if scheduler.drain().get(timeout=self.settings.ask_timeout) == 0 or seconds <= 0:
+                return
+            deadline = time.monotonic() + seconds
+            pause = threading.Event()
+            while time.monotonic() < deadline:
+                if scheduler.running_count().get(timeout=self.settings.ask_timeout) == 0:
+                    return
+                pause.wait(0.01)
+            logger.warning("drain: jobs still running after %.1f s are stopped and will be retried", seconds)
+        except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped):
+            pass  # nothing left to drain
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the runtime stops; ``False`` on timeout.
@@ -222,6 +270,115 @@ class Runtime:
         """Proxy of the WatcherActor."""
         return self.proxy("watcher")
 
+    @property
+    def scheduler(self) -> Any:
+        """Proxy of the SchedulerActor: ``rt.scheduler.status(job_id).get()``."""
+        return self.proxy("scheduler")
+
+    # --- jobs -------------------------------------------------------------------------
+
+    def script(self, script_id: str) -> Script:
+        """The registry entry ``script_id`` (from the cache's published view when warm).
+
+        Raises:
+            ScriptNotFound: no such script.
+        """
+        script = self.cache_view.entries.get(script_id)
+        if script is None:
+            script = self.cache.get_script(script_id).get(timeout=self.settings.ask_timeout)
+        return script
+
+    def submit(
+        self,
+        script_id: str,
+        arguments: dict[str, Any] | None = None,
+        priority: int | str = "normal",
+        *,
+        max_retries: int | None = None,
+        callback: Callable[[str, float, str], Any] | None = None,
+    ) -> str:
+        """Validate and accept a job; it is in the store when this returns.
+
+        Args:
+            script_id: a registered script.
+            arguments: the script's arguments (validated against the registry).
+            priority: ``"high"``, ``"normal"``, ``"low"`` or 0, 1, 2 (a ``JobPriority``).
+            max_retries: overrides the script's and the runtime's retry limit.
+            callback: ``callback(job_id, fraction, message)`` on each progress report,
+                called off the actor threads.
+
+        Returns:
+            the job id.
+
+        Raises:
+            ScriptNotFound: no such script (nothing is queued).
+            InvalidArguments: the arguments do not fit the script (nothing is queued).
+        """
+        level = _priority(priority)
+        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
+                                        or max_retries < 0):
+            raise InvalidArguments(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        script = self.script(script_id)
+        values = validate_arguments(script, arguments)
+        return str(self.scheduler.submit(script, values, level, max_retries, callback)
+                   .get(timeout=self.settings.ask_timeout))
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        """The job's status: ``status``, ``attempts``, ``progress``, ``result``, ``error``...
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        status = self.scheduler.status(job_id).get(timeout=self.settings.ask_timeout)
+        if status is None:
+            raise JobNotFound(job_id)
+        return dict(status)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job (its process group is killed)."""
+        return bool(self.scheduler.cancel(job_id).get(timeout=self.settings.ask_timeout))
+
+    def when_done(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``fn(status)`` off the actor threads once the job has finished.
+
+        Raises:
+            JobNotFound: no such job.
+        """
+        if not self.scheduler.when_done(job_id, fn).get(timeout=self.settings.ask_timeout):
+            raise JobNotFound(job_id)
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job has finished; its final status.
+
+        Raises:
+            JobNotFound: no such job.
+            TimeoutError: not finished within ``timeout`` seconds.
+        """
+        done = threading.Event()
+        box: list[dict[str, Any]] = []
+
+        def finished(status: dict[str, Any]) -> None:
+            box.append(status)
+            done.set()
+
+        self.when_done(job_id, finished)
+        if not done.wait(timeout):
+            raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+        return box[0]
+
+    def run(self, script_id: str, arguments: dict[str, Any] | None = None, timeout: float | None = None,
+            **options: Any) -> dict[str, Any]:
+        """Submit a job and wait for its end; its final status."""
+        return self.wait_job(self.submit(script_id, arguments, **options), timeout)
+
+    def queue_stats(self) -> dict[str, Any]:
+        """``queue_size``, ``running_jobs``, ``completed_jobs``, ``failed_jobs`` and more."""
+        return dict(self.scheduler.queue_stats().get(timeout=self.settings.ask_timeout))
+
+    def execution_stats(self, script_id: str | None = None) -> dict[str, Any]:
+        """Attempts, failures and duration percentiles of a script (or of all)."""
+        return dict(self.scheduler.execution_stats(script_id).get(timeout=self.settings.ask_timeout))
+
     def stats_snapshot(self) -> dict[str, Any]:
         """Every figure, exact: each actor reports its pending counts before the snapshot."""
         timeout = self.settings.ask_timeout
@@ -251,10 +408,25 @@ class Runtime:
             raise RuntimeStopped("the runtime is stopped")
 
 
+_PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+
+
+def _priority(value: int | str) -> int:
+    """0 (high), 1 (normal) or 2 (low) from a name, a number or a ``JobPriority``."""
+    if isinstance(value, str) and value.lower() in _PRIORITIES:
+        return _PRIORITIES[value.lower()]
+    number = getattr(value, "value", value)
+    if isinstance(number, int) and not isinstance(number, bool) and number in (0, 1, 2):
+        return number
+    raise InvalidArguments(f"priority must be high, normal or low, got {value!r}")
+
+
 def _absolute_registry(settings: Settings) -> Settings:
     import dataclasses  # noqa: PLC0415
 
-    return dataclasses.replace(settings, registry_path=Path(settings.registry_path).absolute())
+    registry = Path(settings.registry_path).absolute()
+    jobs = settings.job_storage_path or registry.parent / ".jobs"
+    return dataclasses.replace(settings, registry_path=registry, job_storage_path=Path(jobs).absolute())
 
 
 def _stop_ref(ref: pykka.ActorRef[Any], timeout: float) -> None:

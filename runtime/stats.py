@@ -9,6 +9,7 @@ from runtime.messages import (
     ActorCounted,
     CacheFigures,
     ChildRestarted,
+    JobFigures,
     RegistryLoaded,
     RegistryRejected,
     WatcherStarted,
@@ -27,6 +28,7 @@ class StatsAccumulator:
         self.cache: dict[str, Any] = {}
         self.registry: dict[str, Any] = {"reloads": 0, "errors": 0, "last_error": None, "scripts": None}
         self.watcher: dict[str, Any] = {"backend": None, "reason": ""}
+        self.jobs: dict[str, Any] = {}
 
     def apply(self, event: Any) -> bool:
         """Fold one event in; ``False`` when the event is not a stats event."""
@@ -43,6 +45,8 @@ class StatsAccumulator:
         elif isinstance(event, RegistryRejected):
             self.registry["errors"] += 1
             self.registry["last_error"] = event.error
+        elif isinstance(event, JobFigures):
+            self.jobs = dict(event.figures)
         elif isinstance(event, WatcherStarted):
             self.watcher = {"backend": event.backend, "reason": event.reason}
         else:
@@ -64,4 +68,5 @@ class StatsAccumulator:
             "cache": dict(self.cache),
             "registry": dict(self.registry),
             "watcher": dict(self.watcher),
+            "jobs": dict(self.jobs),
         }

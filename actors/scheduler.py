@@ -1,0 +1,333 @@
+"""SchedulerActor: accepts jobs, keeps them in the store, hands them to idle workers,
+retries failed attempts after a backoff, and answers questions about them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runtime.callbacks import CallbackRunner
+from runtime.clock import TimerHandle
+from runtime.errors import ActorRuntimeError
+from runtime.execution_stats import ExecutionStats
+from runtime.messages import (
+    ChildDown,
+    DeadlinePassed,
+    JobFigures,
+    JobFinished,
+    JobProgress,
+    JobStarted,
+    ReplaceChild,
+    ReportReady,
+    RetryDue,
+    RunJob,
+    WorkerReady,
+)
+from runtime.registry import Script
+from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore
+from runtime.store import JobRecord, JobState, JobStore, MemoryStore, SqliteStore, recover
+
+from actors.base import ActorContext, SupervisedActor
+
+__all__ = ["SchedulerActor", "job_status"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an attempt may outlive its script's timeout before its worker counts as hung.
+HANG_GRACE = 5.0
+
+
+def job_status(record: JobRecord) -> dict[str, Any]:
+    """The status dict users see: state, attempts, progress, result, error, timestamps."""
+    data = record.to_dict()
+    data["status"] = data["state"]
+    data["job_id"] = data.pop("id")
+    return data
+
+
+class SchedulerActor(SupervisedActor):
+    """Owns the job queue and the store connection.
+
+    Args:
+        context: the actor's context.
+        callbacks: where progress callbacks and completion waiters run.
+        store_factory: opens the job store (default: SQLite under ``job_storage_path``).
+        rng: jitter source for retry backoff (tests pass a fixed one).
+    """
+
+    def __init__(
+        self,
+        context: ActorContext,
+        callbacks: CallbackRunner,
+        store_factory: Callable[[], JobStore] | None = None,
+        rng: Callable[[], float] | None = None,
+    ) -> None:
+        super().__init__(context)
+        self._callbacks = callbacks
+        self._store_factory = store_factory
+        self._rng = rng
+        self.core: SchedulerCore | None = None
+        self._scripts: dict[str, Script] = {}
+        self._progress_callbacks: dict[str, Callable[..., Any]] = {}
+        self._waiters: defaultdict[str, list[Callable[[dict[str, Any]], Any]]] = defaultdict(list)
+        self._timers: dict[str, TimerHandle] = {}
+        self._draining = False
+        self.exec_stats = ExecutionStats()
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def setup(self) -> None:
+        settings = self.context.settings
+        store = self._store_factory() if self._store_factory else SqliteStore(Path(settings.job_storage_path))
+        self.core = SchedulerCore(store, time.time, settings.max_retries)
+        pending = recover(store)
+        for record in pending:
+            self.core.restore(record)
+        if pending:
+            logger.info("scheduler recovered %d unfinished jobs from the store", len(pending))
+        self._load_scripts([r.script_id for r in pending])
+        for name in self.context.directory.names():
+            if name.startswith("worker-"):
+                self.context.directory.tell(name, ReportReady())
+
+    def teardown(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        if self.core is not None:
+            # Jobs still running stay "running" in the store: the next start retries them.
+            for run in self.core.running.values():
+                if run.cancel is not None:
+                    run.cancel()
+            self.core.store.close()
+
+    # --- questions (ask / proxy) ------------------------------------------------------
+
+    def submit(self, script: Script, arguments: dict[str, Any], priority: int = 1,
+               max_retries: int | None = None, callback: Callable[..., Any] | None = None) -> str:
+        """Accept a job (already validated by the caller); it is in the store on return."""
+        core = self._core()
+        if max_retries is None:
+            max_retries = script.max_retries
+        record = JobRecord.new(script.id, arguments, priority=priority, max_retries=max_retries)
+        self._remember(script)
+        core.submit(record)
+        if callback is not None:
+            self._progress_callbacks[record.id] = callback
+        self._dispatch()
+        return record.id
+
+    def status(self, job_id: str) -> dict[str, Any] | None:
+        """The job's status dict, or ``None`` for an unknown id."""
+        core = self._core()
+        record = core.jobs.get(job_id) or core.store.get(job_id)
+        return None if record is None else job_status(record)
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued, retrying or running job; ``False`` if unknown or finished."""
+        cancelled, handle = self._core().cancel(job_id)
+        if cancelled:
+            if handle is not None:
+                handle()
+            self._cancel_timer(job_id)
+            self._ended(job_id)
+            self._dispatch()
+        return cancelled
+
+    def when_done(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> bool:
+        """Call ``fn(status)`` (on the callback thread) once the job has finished.
+
+        Returns:
+            ``False`` for an unknown job id.
+        """
+        status = self.status(job_id)
+        if status is None:
+            return False
+        if JobState(status["state"]).finished:
+            self._callbacks.post(fn, status, job_id=job_id)
+        else:
+            self._waiters[job_id].append(fn)
+        return True
+
+    def queue_stats(self) -> dict[str, Any]:
+        """``queue_size``, ``running_jobs``, ``completed_jobs``, ``failed_jobs`` and more."""
+        core = self._core()
+        return {
+            "queue_size": core.queued,
+            "running_jobs": len(core.running),
+            "retrying_jobs": len(core.jobs) - len(core.running) - core.queued,
+            "completed_jobs": core.completed,
+            "failed_jobs": core.failed,
+            "cancelled_jobs": core.cancelled,
+            "idle_workers": len(core.idle),
+            "draining": self._draining,
+        }
+
+    def execution_stats(self, script_id: str | None = None) -> dict[str, Any]:
+        """Per-script attempts, failures and durations (p50/p95/p99)."""
+        return self.exec_stats.figures(script_id)
+
+    def drain(self) -> int:
+        """Stop starting jobs (graceful stop); returns how many are still running."""
+        self._draining = True
+        return len(self._core().running)
+
+    def running_count(self) -> int:
+        return len(self._core().running)
+
+    def flush_stats(self) -> None:
+        super().flush_stats()
+        if self.core is not None:
+            self.context.directory.tell("stats", JobFigures(self.queue_stats()))
+
+    # --- events (tell) ----------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        core = self._core()
+        if isinstance(message, JobFinished):
+            self._cancel_timer(message.job_id)
+            result = message.result
+            self.exec_stats.add(core.jobs[message.job_id].script_id if message.job_id in core.jobs else "?",
+                                result.get("duration", 0.0), result.get("status") == "succeeded")
+            self._outcome(message.job_id, core.finished(message.job_id, message.attempt, result))
+            self._dispatch()
+        elif isinstance(message, JobProgress):
+            if core.progress(message.job_id, message.attempt, message.fraction, message.message):
+                callback = self._progress_callbacks.get(message.job_id)
+                if callback is not None:
+                    self._callbacks.post(callback, message.job_id, message.fraction, message.message,
+                                         job_id=message.job_id)
+        elif isinstance(message, JobStarted):
+            core.started(message.job_id, message.attempt, message.cancel)
+        elif isinstance(message, WorkerReady):
+            core.worker_ready(message.worker)
+            self._dispatch()
+        elif isinstance(message, RetryDue):
+            self._timers.pop(message.job_id, None)
+            if core.retry_due(message.job_id):
+                self._dispatch()
+        elif isinstance(message, DeadlinePassed):
+            self._deadline(message)
+        elif isinstance(message, ChildDown):
+            job_id = core.worker_lost(message.name)
+            if job_id is not None:
+                self._cancel_timer(job_id)
+                self._outcome(job_id, core.abandon(job_id, f"worker {message.name} failed: {message.error}"))
+                self._dispatch()
+        else:
+            return super().on_receive(message)
+        return None
+
+    # --- internals --------------------------------------------------------------------
+
+    def _core(self) -> SchedulerCore:
+        if self.core is None:
+            raise ActorRuntimeError("the scheduler is not started")
+        return self.core
+
+    def _remember(self, script: Script) -> None:
+        self._scripts[script.id] = script
+        core = self._core()
+        options = script.options
+        if "retry_backoff" in options or self._rng is not None:
+            backoff = options.get("retry_backoff", {})
+            settings = self.context.settings
+            core.policies[script.id] = RetryPolicy(
+                float(backoff.get("min", settings.retry_backoff_min)),
+                float(backoff.get("max", settings.retry_backoff_max)),
+                **({"rng": self._rng} if self._rng else {}),
+            )
+        elif script.id not in core.policies:
+            settings = self.context.settings
+            core.policies[script.id] = RetryPolicy(settings.retry_backoff_min, settings.retry_backoff_max)
+
+    def _load_scripts(self, script_ids: list[str]) -> None:
+        """Scripts of recovered jobs come from the registry file (no ask to the cache)."""
+        if not script_ids:
+            return
+        from runtime.registry import load_registry  # noqa: PLC0415
+
+        try:
+            registry = load_registry(self.context.settings.registry_path)
+        except ActorRuntimeError as e:
+            logger.warning("cannot read the registry for recovered jobs: %s", e)
+            return
+        for script_id in set(script_ids):
+            script = registry.get(script_id)
+            if script is not None:
+                self._remember(script)
+
+    def _dispatch(self) -> None:
+        if self._draining:
+            return
+        core = self._core()
+        for start in core.dispatch():
+            script = self._scripts.get(start.record.script_id)
+            if script is None:
+                error = f"script {start.record.script_id!r} is no longer in the registry"
+                self._outcome(start.record.id, core.finished(start.record.id, start.attempt,
+                                                             {"status": "failed", "error": error}))
+                continue
+            if not self.context.directory.tell(start.worker, RunJob(start.record.id, start.attempt, script,
+                                                                   start.record.arguments)):
+                self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
+                core.worker_lost(start.worker)
+                continue
+            self._arm_deadline(start.record.id, start.attempt, script.timeout)
+
+    def _arm_deadline(self, job_id: str, attempt: int, timeout: float) -> None:
+        me = self.actor_ref
+        self._timers[job_id] = self.context.clock.call_later(
+            timeout + HANG_GRACE, lambda: _tell(me, DeadlinePassed(job_id, attempt))
+        )
+
+    def _cancel_timer(self, job_id: str) -> None:
+        timer = self._timers.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _deadline(self, message: DeadlinePassed) -> None:
+        core = self._core()
+        run = core.running.get(message.job_id)
+        if run is None or run.attempt != message.attempt:
+            return
+        self._timers.pop(message.job_id, None)
+        if run.cancel is not None:
+            run.cancel()
+        worker = run.worker
+        ref = self.context.directory.get(worker)
+        error = f"worker {worker} hung: attempt {message.attempt} outlived its deadline"
+        logger.warning("job %s: %s", message.job_id, error)
+        core.worker_lost(worker)
+        self._outcome(message.job_id, core.abandon(message.job_id, error))
+        if ref is not None:
+            self.context.directory.tell(self.context.supervisor, ReplaceChild(worker, ref.actor_urn, error))
+        self._dispatch()
+
+    def _outcome(self, job_id: str, outcome: Outcome | None) -> None:
+        if outcome is None:
+            return
+        if outcome.state is JobState.RETRYING and outcome.retry_in is not None:
+            me = self.actor_ref
+            self._timers[job_id] = self.context.clock.call_later(outcome.retry_in, lambda: _tell(me, RetryDue(job_id)))
+            logger.info("job %s: attempt failed, retry in %.2f s", job_id, outcome.retry_in)
+        elif outcome.state.finished:
+            self._ended(job_id)
+
+    def _ended(self, job_id: str) -> None:
+        self._progress_callbacks.pop(job_id, None)
+        waiters = self._waiters.pop(job_id, [])
+        if waiters:
+            status = self.status(job_id)
+            for fn in waiters:
+                self._callbacks.post(fn, status, job_id=job_id)
+
+
+def _tell(ref: Any, message: Any) -> None:
+    try:
+        ref.tell(message)
+    except Exception:  # noqa: BLE001 - ActorDeadError: the scheduler stopped meanwhile
+        logger.debug("dropped %r: scheduler stopped", message)

@@ -1,0 +1,254 @@
+"""The scheduler's plain logic: the priority queue, job states, attempts and retries.
+
+No threads and no actors: the SchedulerActor calls it and acts on what it returns
+(start a job on a worker, arm a retry timer). Time is passed in.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.store import JobRecord, JobState, JobStore
+
+__all__ = ["Dispatch", "Outcome", "RetryPolicy", "SchedulerCore"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter between attempts of one job.
+
+    Attempt ``k`` (the first retry is ``k = 1``) waits ``minimum * 2**(k-1)`` capped at
+    ``maximum``, drawn from [d/2, d].
+    """
+
+    minimum: float = 1.0
+    maximum: float = 60.0
+    rng: Callable[[], float] = random.random
+
+    def delay(self, retry: int) -> float:
+        nominal = min(self.maximum, self.minimum * 2 ** min(max(retry - 1, 0), 62))
+        return nominal / 2 + self.rng() * nominal / 2
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Start attempt ``attempt`` of ``record`` on ``worker``."""
+
+    worker: str
+    record: JobRecord
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of a job after an attempt ended.
+
+    Attributes:
+        state: the job's new state.
+        retry_in: seconds until the next attempt (``retrying`` only).
+    """
+
+    state: JobState
+    retry_in: float | None = None
+
+
+@dataclass
+class _Running:
+    worker: str
+    attempt: int
+    cancel: Callable[[], None] | None = None
+
+
+@dataclass
+class SchedulerCore:
+    """Jobs in flight and the queue of those waiting, mirrored in the store.
+
+    Args:
+        store: where every change is written before it is acted on.
+        wall: wall-clock time (``time.time``) for the records' timestamps.
+        default_max_retries: for jobs whose script and submission say nothing.
+    """
+
+    store: JobStore
+    wall: Callable[[], float]
+    default_max_retries: int = 3
+    jobs: dict[str, JobRecord] = field(default_factory=dict)
+    running: dict[str, _Running] = field(default_factory=dict)
+    idle: list[str] = field(default_factory=list)
+    policies: dict[str, RetryPolicy] = field(default_factory=dict)
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    _queue: list[tuple[int, int, str]] = field(default_factory=list)
+    _waiting_retry: set[str] = field(default_factory=set)
+
+    # --- intake ----------------------------------------------------------------------
+
+    def submit(self, record: JobRecord) -> None:
+        """Accept a job: durable in the store before this returns."""
+        self.store.add(record)
+        self.jobs[record.id] = record
+        heapq.heappush(self._queue, (record.priority, record.seq, record.id))
+
+    def restore(self, record: JobRecord) -> JobState:
+        """Take back an unfinished job found in the store at start-up.
+
+        Returns:
+            ``queued``/``retrying`` (it will run), or ``failed`` when the interrupted
+            attempt was its last allowed one.
+        """
+        self.jobs[record.id] = record
+        limit = record.max_retries if record.max_retries is not None else self.default_max_retries
+        if record.state is JobState.RETRYING and len(record.attempts) - 1 >= limit:
+            return self._close(record, JobState.FAILED, None, record.attempts[-1].get("error") or "interrupted").state
+        heapq.heappush(self._queue, (record.priority, record.seq, record.id))
+        return record.state
+
+    @property
+    def queued(self) -> int:
+        return len(self.jobs) - len(self.running) - len(self._waiting_retry)
+
+    # --- dispatch --------------------------------------------------------------------
+
+    def worker_ready(self, worker: str) -> None:
+        if worker not in self.idle and all(r.worker != worker for r in self.running.values()):
+            self.idle.append(worker)
+
+    def worker_lost(self, worker: str) -> str | None:
+        """A worker died; returns the job it was running, if any."""
+        if worker in self.idle:
+            self.idle.remove(worker)
+        for job_id, run in self.running.items():
+            if run.worker == worker:
+                return job_id
+        return None
+
+    def dispatch(self) -> list[Dispatch]:
+        """Pair idle workers with the best queued jobs; marks those jobs running."""
+        starts = []
+        now = self.wall()
+        while self.idle and self._queue:
+            _, _, job_id = heapq.heappop(self._queue)
+            record = self.jobs.get(job_id)
+            if record is None or record.state.finished or job_id in self.running:
+                continue  # cancelled while queued
+            worker = self.idle.pop(0)
+            attempt = len(record.attempts) + 1
+            record.attempts.append(
+                {"number": attempt, "started_at": now, "finished_at": None, "error": None, "status": "running"}
+            )
+            record.state = JobState.RUNNING
+            record.progress = None
+            record.updated_at = now
+            self.store.update(record)
+            self.running[job_id] = _Running(worker, attempt)
+            starts.append(Dispatch(worker, record, attempt))
+        return starts
+
+    def started(self, job_id: str, attempt: int, cancel: Callable[[], None] | None) -> None:
+        run = self.running.get(job_id)
+        if run is not None and run.attempt == attempt:
+            run.cancel = cancel
+
+    def progress(self, job_id: str, attempt: int, fraction: float, message: str) -> bool:
+        """Record progress; ``False`` for a stale attempt (ignored)."""
+        run = self.running.get(job_id)
+        if run is None or run.attempt != attempt:
+            return False
+        self.jobs[job_id].progress = {"fraction": fraction, "message": message}
+        return True
+
+    # --- endings ---------------------------------------------------------------------
+
+    def finished(self, job_id: str, attempt: int, result: dict[str, Any]) -> Outcome | None:
+        """An attempt ended with ``result`` (an ``ExecutionResult.to_dict()``).
+
+        Returns:
+            the job's outcome, or ``None`` when the report is stale (an attempt
+            already given up on, or a cancelled job).
+        """
+        run = self.running.get(job_id)
+        if run is None or run.attempt != attempt:
+            return None
+        del self.running[job_id]
+        self.worker_ready(run.worker)
+        record = self.jobs[job_id]
+        if result.get("status") == "succeeded":
+            return self._close(record, JobState.SUCCEEDED, result, None)
+        return self._attempt_failed(record, result, result.get("error") or result.get("status", "failed"))
+
+    def abandon(self, job_id: str, error: str) -> Outcome | None:
+        """The attempt running ``job_id`` is lost (its worker crashed or hung)."""
+        run = self.running.pop(job_id, None)
+        if run is None:
+            return None
+        record = self.jobs[job_id]
+        return self._attempt_failed(record, None, error)
+
+    def retry_due(self, job_id: str) -> bool:
+        """The backoff of ``job_id`` is over: queue it again."""
+        if job_id not in self._waiting_retry:
+            return False
+        self._waiting_retry.discard(job_id)
+        record = self.jobs[job_id]
+        heapq.heappush(self._queue, (record.priority, record.seq, record.id))
+        return True
+
+    def cancel(self, job_id: str) -> tuple[bool, Callable[[], None] | None]:
+        """Cancel a queued, retrying or running job.
+
+        Returns:
+            whether the job was cancelled (``False``: unknown or already finished),
+            and the running attempt's cancel handle to call, if any.
+        """
+        record = self.jobs.get(job_id)
+        if record is None or record.state.finished:
+            return False, None
+        run = self.running.pop(job_id, None)
+        if run is not None:
+            self.worker_ready(run.worker)
+            record.attempts[-1].update(finished_at=self.wall(), status="cancelled", error="cancelled")
+        self._waiting_retry.discard(job_id)
+        self._close(record, JobState.CANCELLED, None, "cancelled")
+        return True, run.cancel if run else None
+
+    def _attempt_failed(self, record: JobRecord, result: dict[str, Any] | None, error: str) -> Outcome:
+        now = self.wall()
+        record.attempts[-1].update(finished_at=now, status="failed", error=error)
+        if result is not None:
+            record.result = result
+        limit = record.max_retries if record.max_retries is not None else self.default_max_retries
+        retries_used = len(record.attempts) - 1
+        if retries_used >= limit:
+            return self._close(record, JobState.FAILED, result, error)
+        policy = self.policies.get(record.script_id, RetryPolicy())
+        delay = policy.delay(retries_used + 1)
+        record.state = JobState.RETRYING
+        record.error = error
+        record.not_before = now + delay
+        record.updated_at = now
+        self.store.update(record)
+        self._waiting_retry.add(record.id)
+        return Outcome(JobState.RETRYING, delay)
+
+    def _close(self, record: JobRecord, state: JobState, result: dict[str, Any] | None, error: str | None) -> Outcome:
+        now = self.wall()
+        if state is JobState.SUCCEEDED:
+            record.attempts[-1].update(finished_at=now, status="succeeded", error=None)
+            self.completed += 1
+        elif state is JobState.FAILED:
+            self.failed += 1
+        else:
+            self.cancelled += 1
+        record.state = state
+        if result is not None:
+            record.result = result
+        record.error = error
+        record.updated_at = now
+        self.store.update(record)
+        del self.jobs[record.id]
+        return Outcome(state)

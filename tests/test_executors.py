@@ -1,0 +1,418 @@
+"""Executors against real child processes; no test sleeps, waits are on events or processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from runtime.errors import InvalidArguments
+from runtime.executors import CommandExecution, ExecutionResult, run_python, validate_arguments
+from runtime.registry import ArgumentSpec, Script
+
+WAIT = 10.0  # generous upper bound for every wait; a passing test never reaches it
+
+
+def _command(tmp_path: Path, code: str, **fields: Any) -> Script:
+    return Script(id="cmd", command=(sys.executable, "-c", textwrap.dedent(code)), folder=str(tmp_path), **fields)
+
+
+def _python(callable_spec: Any, **fields: Any) -> Script:
+    return Script(id="py", kind="python", options=MappingProxyType({"callable": callable_spec}), **fields)
+
+
+def _process_gone(pid: int) -> bool:
+    """Wait (on the process itself, not a sleep) until ``pid`` has terminated."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        # A pidfd becomes readable when the process terminates.
+        return bool(select.select([fd], [], [], WAIT)[0])
+    finally:
+        os.close(fd)
+
+
+# -- command scripts ---------------------------------------------------------------
+
+
+def test_arguments_arrive_as_json_on_stdin_in_the_registry_folder(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        import json, os, sys
+        print(json.dumps({"got": json.load(sys.stdin), "cwd": os.getcwd()}))
+    """)
+    result = CommandExecution(script, {"name": "x", "n": 2}).run()
+    assert result.status == "succeeded", result
+    assert result.exit_code == 0 and result.error is None
+    assert json.loads(result.stdout) == {"got": {"name": "x", "n": 2}, "cwd": str(tmp_path)}
+    assert result.duration >= 0
+    assert json.loads(json.dumps(result.to_dict()))["status"] == "succeeded"
+
+
+def test_progress_lines_become_events_and_malformed_ones_stay_output(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        print("::progress 0.25 a quarter")
+        print("hello")
+        print("::progress 7")
+        print("::progress -1 below")
+        print("::progress abc")
+        print("::progress")
+        print("::progress nan")
+        print("::progressive 0.5")
+        print("::progress 1 done", end="")
+    """)
+    events: list[tuple[float, str]] = []
+    result = CommandExecution(script, {}, on_progress=lambda f, m: events.append((f, m))).run()
+    assert result.status == "succeeded", result
+    assert events == [(0.25, "a quarter"), (1.0, ""), (0.0, "below"), (1.0, "done")]
+    assert result.stdout.splitlines() == ["hello", "::progress abc", "::progress", "::progress nan", "::progressive 0.5"]
+
+
+def test_non_zero_exit_fails_with_code_and_last_stderr_line(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        import sys
+        print("some output")
+        sys.stderr.write("warming up\\nboom: disk full\\n\\n")
+        sys.exit(3)
+    """)
+    result = CommandExecution(script, {}).run()
+    assert result.status == "failed"
+    assert result.exit_code == 3
+    assert result.error == "exit code 3: boom: disk full"
+    assert result.stdout == "some output\n"
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+    """, timeout=0.5)
+    result = CommandExecution(script, {}).run()
+    assert result.status == "timeout"
+    assert result.error == "timed out after 0.5s"
+    assert result.duration < WAIT
+    grandchild = int(result.stdout.split()[0])
+    assert _process_gone(grandchild)
+
+
+def test_processes_left_behind_by_a_normal_exit_are_killed(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        import subprocess, sys
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        print(child.pid)
+    """)
+    result = CommandExecution(script, {}).run()
+    assert result.status == "succeeded"
+    assert _process_gone(int(result.stdout))
+
+
+def test_death_by_signal_fails(tmp_path: Path) -> None:
+    result = CommandExecution(_command(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"), {}).run()
+    assert result.status == "failed"
+    assert result.exit_code == -9
+    assert result.error == "killed by signal 9"
+
+
+def test_child_that_never_reads_a_large_stdin(tmp_path: Path) -> None:
+    big = {"blob": "x" * (4 << 20)}  # far beyond a pipe buffer
+    assert CommandExecution(_command(tmp_path, "print('done')"), big).run().status == "succeeded"
+    blocked = _command(tmp_path, "import time; time.sleep(60)", timeout=0.2)
+    assert CommandExecution(blocked, big).run().status == "timeout"
+
+
+def test_explicit_timeout_overrides_the_scripts(tmp_path: Path) -> None:
+    script = _command(tmp_path, "import time; time.sleep(60)", timeout=600)
+    result = CommandExecution(script, {}, timeout=0.2).run()
+    assert result.status == "timeout"
+    assert result.duration < WAIT
+
+
+def test_term_ignoring_child_is_killed(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        import signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        time.sleep(60)
+    """, timeout=0.2)
+    result = CommandExecution(script, {}).run()
+    assert result.status == "timeout"
+    assert result.exit_code == -9
+
+
+def test_cancel_from_another_thread_kills_the_group(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        print(child.pid, flush=True)
+        print("::progress 0 started", flush=True)
+        time.sleep(60)
+    """, timeout=600)
+    started = threading.Event()
+    execution = CommandExecution(script, {}, on_progress=lambda f, m: started.set())
+    results: list[ExecutionResult] = []
+    runner = threading.Thread(target=lambda: results.append(execution.run()))
+    runner.start()
+    assert started.wait(WAIT)
+    execution.cancel()
+    runner.join(WAIT)
+    assert not runner.is_alive()
+    [result] = results
+    assert result.status == "cancelled"
+    assert result.error == "cancelled"
+    assert _process_gone(int(result.stdout.split()[0]))
+
+
+def test_cancel_before_run_starts_nothing(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    execution = CommandExecution(_command(tmp_path, f"open({str(marker)!r}, 'w')"), {})
+    execution.cancel()
+    result = execution.run()
+    assert result.status == "cancelled"
+    assert result.exit_code is None
+    assert not marker.exists()
+
+
+def test_cancel_after_run_is_harmless(tmp_path: Path) -> None:
+    execution = CommandExecution(_command(tmp_path, "pass"), {})
+    assert execution.run().status == "succeeded"
+    execution.cancel()
+    with pytest.raises(RuntimeError):
+        execution.run()
+
+
+def test_output_beyond_the_cap_is_drained_and_reported(tmp_path: Path) -> None:
+    # Megabytes on both pipes: without concurrent readers the child would block forever.
+    script = _command(tmp_path, """
+        import sys
+        for _ in range(2000):
+            sys.stdout.write("o" * 1023 + "\\n")
+            sys.stderr.write("e" * 1023 + "\\n")
+    """)
+    result = CommandExecution(script, {}, output_cap=1000).run()
+    assert result.status == "succeeded"
+    assert result.stdout == "o" * 1000 and result.stdout_truncated
+    assert result.stderr == "e" * 1000 and result.stderr_truncated
+
+
+def test_output_within_the_cap_is_not_truncated(tmp_path: Path) -> None:
+    result = CommandExecution(_command(tmp_path, "print('x' * 99)"), {}, output_cap=100).run()
+    assert result.stdout == "x" * 99 + "\n"
+    assert not result.stdout_truncated and not result.stderr_truncated
+
+
+@pytest.mark.parametrize("program", ["/nonexistent/program", "no-such-program-on-path-xyz"])
+def test_missing_program_fails_without_raising(tmp_path: Path, program: str) -> None:
+    result = CommandExecution(Script(id="cmd", command=(program,), folder=str(tmp_path)), {}).run()
+    assert result.status == "failed"
+    assert result.exit_code is None
+    assert result.error is not None and program in result.error and "No such file" in result.error
+
+
+def test_raising_progress_callback_is_contained(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    script = _command(tmp_path, """
+        print("::progress 0.1 one")
+        print("between")
+        print("::progress 0.9 two")
+    """)
+    calls: list[float] = []
+
+    def broken(fraction: float, message: str) -> None:
+        calls.append(fraction)
+        raise RuntimeError("observer bug")
+
+    with caplog.at_level(logging.ERROR, logger="runtime.executors"):
+        result = CommandExecution(script, {}, on_progress=broken).run()
+    assert result.status == "succeeded"
+    assert result.stdout == "between\n"
+    assert calls == [0.1, 0.9]
+    assert "progress callback raised" in caplog.text
+
+
+def test_argument_values_are_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    script = _command(tmp_path, "import sys; sys.stdin.read(); sys.exit(1)")
+    with caplog.at_level(logging.DEBUG, logger="runtime.executors"):
+        CommandExecution(script, {"password": "hunter2-secret"}).run()
+    assert caplog.records and "hunter2-secret" not in caplog.text
+
+
+def test_wrong_kind_is_a_caller_error() -> None:
+    with pytest.raises(ValueError):
+        CommandExecution(_python("tests.test_executors:add"), {})
+    with pytest.raises(ValueError):
+        run_python(Script(id="c", command=("true",)), {})
+
+
+# -- validate_arguments --------------------------------------------------------------
+
+_TYPED = Script(
+    id="typed",
+    command=("true",),
+    arguments=MappingProxyType({
+        "count": ArgumentSpec("integer", required=True),
+        "ratio": ArgumentSpec("number", default=0.5),
+        "verbose": ArgumentSpec("boolean", default=False),
+        "tags": ArgumentSpec("array", default=["a"]),
+        "name": ArgumentSpec("string"),
+    }),
+)
+
+
+def test_valid_arguments_get_defaults_filled_in() -> None:
+    assert validate_arguments(_TYPED, {"count": 3}) == {"count": 3, "ratio": 0.5, "verbose": False, "tags": ["a"]}
+    given = {"count": 1, "ratio": 2, "name": "n", "tags": ["x", {"k": 1}]}
+    assert validate_arguments(_TYPED, given) == {**given, "verbose": False}
+
+
+def test_defaults_and_values_are_copies() -> None:
+    first = validate_arguments(_TYPED, {"count": 1})
+    first["tags"].append("mutated")
+    assert validate_arguments(_TYPED, {"count": 1})["tags"] == ["a"]
+    tags = ["x"]
+    validated = validate_arguments(_TYPED, {"count": 1, "tags": tags})
+    tags.append("later")
+    assert validated["tags"] == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        ({"count": True}, "'count' must be of type integer, got bool"),
+        ({"count": 1.0}, "'count' must be of type integer"),
+        ({"count": "1"}, "'count' must be of type integer, got str"),
+        ({"count": 1, "ratio": False}, "'ratio' must be of type number"),
+        ({"count": 1, "verbose": 1}, "'verbose' must be of type boolean"),
+        ({"count": 1, "name": None}, "'name' must be of type string"),
+        ({}, "'count' is required"),
+        (None, "'count' is required"),
+        ({"count": 1, "bogus": 2}, "unknown argument(s) bogus"),
+        ({"count": 1, "ratio": float("nan")}, "'ratio' is not JSON-serialisable"),
+        ({"count": 1, "tags": [{1, 2}]}, "'tags' is not JSON-serialisable"),
+        (["count"], "arguments must be an object"),
+    ],
+)
+def test_invalid_arguments_are_rejected_naming_script_and_argument(arguments: Any, fragment: str) -> None:
+    with pytest.raises(InvalidArguments) as caught:
+        validate_arguments(_TYPED, arguments)
+    assert "'typed'" in str(caught.value)
+    assert fragment in str(caught.value)
+    assert isinstance(caught.value, ValueError)
+
+
+def test_a_rejected_value_is_not_echoed() -> None:
+    with pytest.raises(InvalidArguments) as caught:
+        validate_arguments(_TYPED, {"count": "hunter2-secret"})
+    assert "hunter2-secret" not in str(caught.value)
+
+
+# -- python scripts (the callables they name live here) -------------------------------
+
+NOT_CALLABLE = 42
+
+
+def add(a: int, b: int = 0) -> dict[str, int]:
+    return {"sum": a + b}
+
+
+def with_progress(n: int, progress: Any) -> int:
+    progress(0.5, "half")
+    progress(3)
+    progress("not a number")
+    return n
+
+
+def boom() -> None:
+    raise RuntimeError("nope")
+
+
+def exits() -> None:
+    raise SystemExit(2)
+
+
+def returns_a_set() -> set[int]:
+    return {1}
+
+
+def test_python_success_returns_the_value() -> None:
+    result = run_python(_python("tests.test_executors:add"), {"a": 2, "b": 3})
+    assert result.status == "succeeded", result
+    assert result.value == {"sum": 5}
+    assert result.error is None and result.exit_code is None
+    assert json.loads(json.dumps(result.to_dict()))["value"] == {"sum": 5}
+
+
+def test_python_progress_is_passed_when_accepted() -> None:
+    events: list[tuple[float, str]] = []
+    result = run_python(_python("tests.test_executors:with_progress"), {"n": 7}, lambda f, m: events.append((f, m)))
+    assert result.status == "succeeded", result
+    assert result.value == 7
+    assert events == [(0.5, "half"), (1.0, "")]
+
+
+def test_python_progress_without_observer_or_with_a_broken_one() -> None:
+    assert run_python(_python("tests.test_executors:with_progress"), {"n": 1}).value == 1
+
+    def broken(fraction: float, message: str) -> None:
+        raise RuntimeError("observer bug")
+
+    assert run_python(_python("tests.test_executors:with_progress"), {"n": 1}, broken).status == "succeeded"
+
+
+def test_python_exception_fails_with_type_and_message() -> None:
+    result = run_python(_python("tests.test_executors:boom"), {})
+    assert result.status == "failed"
+    assert result.error == "RuntimeError: nope"
+
+
+def test_python_system_exit_fails_instead_of_ending_the_thread() -> None:
+    result = run_python(_python("tests.test_executors:exits"), {})
+    assert result.status == "failed"
+    assert result.error == "SystemExit: 2"
+
+
+def test_python_wrong_arguments_fail() -> None:
+    result = run_python(_python("tests.test_executors:add"), {"c": 1})
+    assert result.status == "failed"
+    assert result.error is not None and result.error.startswith("TypeError:")
+
+
+def test_python_non_json_return_value_fails() -> None:
+    result = run_python(_python("tests.test_executors:returns_a_set"), {})
+    assert result.status == "failed"
+    assert result.error is not None and "not JSON-serialisable" in result.error
+    assert result.value is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        (None, "must be 'package.module:function'"),
+        (["not", "hashable"], "must be 'package.module:function'"),
+        ("tests.test_executors.add", "must be 'package.module:function'"),
+        ("tests.test_executors:", "must be 'package.module:function'"),
+        ("a:b:c", "must be 'package.module:function'"),
+        ("no_such_module_xyz:f", "ModuleNotFoundError"),
+        ("tests.test_executors:missing", "AttributeError"),
+        ("tests.test_executors:NOT_CALLABLE", "not a function"),
+    ],
+)
+def test_python_bad_callable_spec_fails_clearly(spec: Any, fragment: str) -> None:
+    result = run_python(_python(spec), {})
+    assert result.status == "failed"
+    assert result.error is not None and "'py'" in result.error and fragment in result.error
+
+
+def test_execution_result_rejects_an_unknown_status() -> None:
+    with pytest.raises(ValueError):
+        ExecutionResult(status="done")
