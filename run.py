@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The command line of the runtime.
 
-    python run.py serve  --registry examples/registry.json   # run until SIGINT/SIGTERM
+    python run.py serve  --registry examples/registry.json   # run stored jobs until SIGINT/SIGTERM
+    python run.py run greet --arg name=Ada --registry examples/registry.json   # one job, with progress
     python run.py check  --registry examples/registry.json   # validate, list the scripts
 """
 
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from runtime import ActorRuntimeError, Runtime, load_registry
+from runtime import ActorRuntimeError, InvalidArguments, Runtime, load_registry
 
 logger = logging.getLogger("run")
 
@@ -32,6 +33,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--watcher", choices=("auto", "inotify", "polling"), default=None)
     serve.add_argument("--stats-every", type=float, default=0.0, metavar="SECONDS",
                        help="log a stats snapshot every SECONDS (0: only at exit)")
+
+    run = sub.add_parser("run", help="run one job to its end, showing its progress and result")
+    run.add_argument("script", help="script id")
+    run.add_argument("--registry", default=None, help="registry file (default: REGISTRY_PATH or ./registry.json)")
+    run.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                     help="an argument, converted to the type the registry declares (repeatable)")
+    run.add_argument("--args-json", default=None, metavar="JSON", help="all arguments as one JSON object")
+    run.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
+    run.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
 
     check = sub.add_parser("check", help="validate a registry and list its scripts")
     check.add_argument("--registry", default="registry.json")
@@ -63,6 +73,70 @@ def _serve(args: argparse.Namespace) -> int:
         rt.stop()
 
 
+def _convert(kind: str, name: str, raw: str) -> Any:
+    """A command-line string as the JSON type the registry declares."""
+    try:
+        if kind == "integer":
+            return int(raw)
+        if kind == "number":
+            return float(raw)
+        if kind == "boolean":
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if kind in ("object", "array"):
+            return json.loads(raw)
+    except ValueError:
+        raise InvalidArguments(f"argument {name!r} must be of type {kind}, got {raw!r}") from None
+    return raw
+
+
+def _arguments(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if args.args_json:
+        try:
+            values = json.loads(args.args_json)
+        except ValueError as e:
+            raise InvalidArguments(f"--args-json is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise InvalidArguments("--args-json must be a JSON object")
+    script = rt.script(args.script)
+    for item in args.arg:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise InvalidArguments(f"--arg {item!r}: use NAME=VALUE")
+        spec = script.arguments.get(name)
+        values[name] = _convert(spec.type, name, raw) if spec else raw  # unknown names: rejected by submit
+    return values
+
+
+def _progress_bar(job_id: str, fraction: float, message: str) -> None:
+    width = 30
+    filled = round(fraction * width)
+    print(f"\r[{'#' * filled}{' ' * (width - filled)}] {fraction:4.0%} {message[:40]:<40}", end="",
+          file=sys.stderr, flush=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    with Runtime.start(args.registry) as rt:
+        job_id = rt.submit(args.script, _arguments(rt, args), args.priority, callback=_progress_bar)
+        print(f"job {job_id} queued", file=sys.stderr)
+        try:
+            final = rt.wait_job(job_id, args.timeout)
+        except TimeoutError:
+            print(f"\njob {job_id} still running after {args.timeout} s; it stays in the store", file=sys.stderr)
+            return 3
+        print(file=sys.stderr)
+        result = final.get("result") or {}
+        if result.get("stdout"):
+            print(result["stdout"], end="" if result["stdout"].endswith("\n") else "\n")
+        for attempt in final["attempts"]:
+            if attempt.get("error"):
+                print(f"attempt {attempt['number']}: {attempt['error']}", file=sys.stderr)
+        print(f"job {job_id}: {final['status']} after {len(final['attempts'])} attempt(s)", file=sys.stderr)
+        return 0 if final["status"] == "succeeded" else 1
+
+
 def _check(args: argparse.Namespace) -> int:
     registry = load_registry(args.registry)
     for script in registry.values():
@@ -77,7 +151,7 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers: dict[str, Any] = {"serve": _serve, "check": _check}
+    handlers: dict[str, Any] = {"serve": _serve, "run": _run, "check": _check}
     try:
         return int(handlers[args.command](args))
     except ActorRuntimeError as e:

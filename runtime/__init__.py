@@ -14,11 +14,14 @@ from runtime.errors import (
     ActorRuntimeError,
     ConfigError,
     InjectedFault,
+    InvalidArguments,
+    JobNotFound,
     RegistryError,
     RuntimeStopped,
     ScriptNotFound,
     SupervisorEscalated,
 )
+from runtime.jobs_api import JobPriority, JobQueue, ToolExecutionService, init_queue
 from runtime.registry import ArgumentSpec, Registry, Script, load_registry
 from runtime.runtime import Runtime
 
@@ -27,6 +30,10 @@ __all__ = [
     "ArgumentSpec",
     "ConfigError",
     "InjectedFault",
+    "InvalidArguments",
+    "JobNotFound",
+    "JobPriority",
+    "JobQueue",
     "ManualClock",
     "RegistryCache",
     "Registry",
@@ -38,7 +45,9 @@ __all__ = [
     "Settings",
     "SupervisorEscalated",
     "SystemClock",
+    "ToolExecutionService",
     "init_cache",
+    "init_queue",
     "load_registry",
     "load_settings",
 ]

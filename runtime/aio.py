@@ -1,0 +1,44 @@
+"""asyncio bridges. pykka's ``Future.__await__`` calls the blocking ``get()`` and
+so freezes the event loop; these never block it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pykka
+
+from runtime.runtime import Runtime
+
+__all__ = ["await_future", "run_blocking", "wait_job"]
+
+T = TypeVar("T")
+
+
+async def run_blocking(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking call on the loop's default executor and await it."""
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+async def await_future(future: pykka.Future[T], timeout: float | None = None) -> T:
+    """Await a pykka future without blocking the event loop."""
+    return await run_blocking(future.get, timeout)
+
+
+async def wait_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
+    """Await the end of a job: no thread is parked; the runtime's completion
+    callback resolves an asyncio future through ``call_soon_threadsafe``."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    def finished(status: dict[str, Any]) -> None:
+        loop.call_soon_threadsafe(_resolve, done, status)
+
+    await run_blocking(runtime.when_done, job_id, finished)
+    return await done
+
+
+def _resolve(future: asyncio.Future[dict[str, Any]], status: dict[str, Any]) -> None:
+    if not future.done():
+        future.set_result(status)

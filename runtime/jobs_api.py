@@ -1,0 +1,162 @@
+"""The specification's job API: ``JobPriority``, ``init_queue`` and ``ToolExecutionService``.
+
+Both run an embedded :class:`~runtime.runtime.Runtime`; jobs are durable in its
+store, and nothing here blocks an event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from typing import Any
+
+from runtime.aio import run_blocking, wait_job
+from runtime.api import RegistryCache
+from runtime.errors import ConfigError
+from runtime.runtime import Runtime
+
+__all__ = ["JobPriority", "JobQueue", "ToolExecutionService", "init_queue"]
+
+
+class JobPriority(enum.IntEnum):
+    """Strict priorities: every HIGH job starts before any NORMAL one, and so on."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+
+def _status(full: dict[str, Any]) -> dict[str, Any]:
+    return full  # the runtime's status dict already has status, attempts, progress, result, error
+
+
+class JobQueue:
+    """The job queue of a running runtime (see :func:`init_queue`)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def submit_job(
+        self,
+        script_id: str,
+        arguments: dict[str, Any] | None = None,
+        priority: JobPriority | int | str = JobPriority.NORMAL,
+        callback: Callable[[str, float, str], Any] | None = None,
+        max_retries: int | None = None,
+    ) -> str:
+        """Validate and queue a job; durable when this returns; its id.
+
+        Raises:
+            ScriptNotFound, InvalidArguments: nothing was queued.
+        """
+        return self.runtime.submit(script_id, arguments, priority, max_retries=max_retries, callback=callback)
+
+    def get_job_status(self, job_id: str) -> dict[str, Any]:
+        """``status``, ``attempts``, ``progress``, ``result``, ``error`` and timestamps."""
+        return _status(self.runtime.status(job_id))
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Cancel a queued or running job; ``False`` when it had already finished."""
+        return self.runtime.cancel(job_id)
+
+    def get_queue_stats(self) -> dict[str, Any]:
+        """``queue_size``, ``running_jobs``, ``completed_jobs``, ``failed_jobs`` and more."""
+        return self.runtime.queue_stats()
+
+    async def wait_for_job(self, job_id: str) -> dict[str, Any]:
+        """Await the job's end without blocking the event loop; its final status."""
+        return await wait_job(self.runtime, job_id)
+
+    async def close(self) -> None:
+        """Stop the runtime (running jobs drain first; queued ones stay in the store)."""
+        await run_blocking(self.runtime.stop)
+
+
+async def init_queue(concurrency_limit: int | None = None, registry_path: str | os.PathLike[str] | None = None,
+                     **settings: Any) -> JobQueue:
+    """Start a runtime with ``concurrency_limit`` workers and return its queue.
+
+    The registry comes from ``registry_path``, else ``REGISTRY_PATH``, else
+    ``./registry.json``; the store from ``JOB_STORAGE_PATH``.
+    """
+    runtime = await run_blocking(lambda: Runtime.start(registry_path, job_concurrency=concurrency_limit, **settings))
+    return JobQueue(runtime)
+
+
+class ToolExecutionService:
+    """Runs registry scripts synchronously (``execute``) or as jobs (``execute_async``).
+
+    Args:
+        registry_path: the registry file.
+        max_retries: retries of a failed job when its script does not say.
+        enable_cache: ``False`` keeps a single entry in the cache, so nearly every
+            lookup reads the registry file.
+        enable_async: allow ``execute_async``.
+        cache_size: entries the cache keeps.
+        redis_url: not available yet (raises ``ConfigError``).
+        **settings: any other runtime setting.
+    """
+
+    def __init__(self, registry_path: str | os.PathLike[str] = "registry.json", max_retries: int = 3,
+                 enable_cache: bool = True, enable_async: bool = True, cache_size: int | None = None,
+                 redis_url: str | None = None, **settings: Any) -> None:
+        if redis_url:
+            raise ConfigError("redis_url: the Redis backend is not available yet in this version")
+        self._settings = dict(settings, max_retries=max_retries, cache_size=1 if not enable_cache else cache_size)
+        self._registry_path = registry_path
+        self.enable_async = enable_async
+        self.runtime = Runtime.start(registry_path, **self._settings)
+        self.cache = RegistryCache(self.runtime)
+        self.queue = JobQueue(self.runtime)
+
+    async def init_async_queue(self, concurrency_limit: int = 10) -> JobQueue:
+        """Size the worker pool to ``concurrency_limit``.
+
+        The pool is fixed for a running runtime, so a different size restarts it:
+        running jobs drain, queued ones wait in the store and run after the restart.
+        """
+        if concurrency_limit != self.runtime.settings.job_concurrency:
+            def restart() -> None:
+                self.runtime.stop()
+                self._settings["job_concurrency"] = concurrency_limit
+                self.runtime = Runtime.start(self._registry_path, **self._settings)
+
+            await run_blocking(restart)
+            self.cache = RegistryCache(self.runtime)
+            self.queue = JobQueue(self.runtime)
+        return self.queue
+
+    def execute(self, script_id: str, arguments: dict[str, Any] | None = None,
+                priority: JobPriority | int | str = JobPriority.NORMAL, timeout: float | None = None,
+                callback: Callable[[str, float, str], Any] | None = None) -> dict[str, Any]:
+        """Run a script to its end (with retries) and return its final status."""
+        return self.runtime.run(script_id, arguments, timeout, priority=priority, callback=callback)
+
+    async def execute_async(self, script_id: str, arguments: dict[str, Any] | None = None,
+                            priority: JobPriority | int | str = JobPriority.NORMAL,
+                            callback: Callable[[str, float, str], Any] | None = None) -> str:
+        """Queue a script as a job; its id (await :meth:`wait_for_job` for the end)."""
+        if not self.enable_async:
+            raise ConfigError("execute_async: this service was created with enable_async=False")
+        return await run_blocking(lambda: self.queue.submit_job(script_id, arguments, priority, callback))
+
+    async def wait_for_job(self, job_id: str) -> dict[str, Any]:
+        """Await the job's end without blocking the event loop."""
+        return await self.queue.wait_for_job(job_id)
+
+    def get_job_status(self, job_id: str) -> dict[str, Any]:
+        return self.queue.get_job_status(job_id)
+
+    def get_execution_stats(self, script_id: str | None = None) -> dict[str, Any]:
+        """``total_executions``, ``failures``, ``avg_execution_time`` and p50/p95/p99 (seconds)."""
+        return self.runtime.execution_stats(script_id)
+
+    def close(self) -> None:
+        self.runtime.stop()
+
+    def __enter__(self) -> ToolExecutionService:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

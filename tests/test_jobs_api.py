@@ -1,0 +1,107 @@
+"""The specification's job API as written there, and the asyncio bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime import InvalidArguments, JobPriority, ScriptNotFound, ToolExecutionService, init_queue
+from runtime.testing import write_registry
+
+
+def _registry(tmp_path: Path) -> Path:
+    return write_registry(tmp_path / "registry.json", [
+        {"id": "echo", "command": [sys.executable, "-c",
+                                   "import sys, json; a = json.load(sys.stdin); print('::progress 0.5 half'); print(a['text'])"],
+         "arguments": {"text": {"type": "string", "required": True}}, "timeout": 10},
+        {"id": "sleep", "command": [sys.executable, "-c", "import time; time.sleep(1)"], "timeout": 10},
+        {"id": "fail", "command": ["false"], "timeout": 5, "max_retries": 0},
+    ])
+
+
+def test_init_queue_as_the_specification_writes_it(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+
+    async def main() -> None:
+        queue = await init_queue(concurrency_limit=5, registry_path=registry, job_storage_path=tmp_path / "jobs")
+        try:
+            seen: list[tuple[str, float, str]] = []
+            job_id = queue.submit_job(script_id="echo", arguments={"text": "hello"}, priority=JobPriority.HIGH,
+                                      callback=lambda *a: seen.append(a))
+            final = await queue.wait_for_job(job_id)
+            assert final["status"] == "succeeded"
+            assert final["result"]["stdout"] == "hello\n"
+            status = queue.get_job_status(job_id)
+            assert {"status", "attempts", "progress", "result", "error"} <= set(status)
+            assert status["progress"] == {"fraction": 0.5, "message": "half"}
+            assert seen == [(job_id, 0.5, "half")]
+            stats = queue.get_queue_stats()
+            assert {"queue_size", "running_jobs", "completed_jobs", "failed_jobs"} <= set(stats)
+            assert stats["completed_jobs"] == 1 and queue.runtime.settings.job_concurrency == 5
+            with pytest.raises(ScriptNotFound):
+                queue.submit_job(script_id="nope")
+            with pytest.raises(InvalidArguments, match="text"):
+                queue.submit_job(script_id="echo", arguments={"text": 3})
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def test_awaiting_a_job_never_blocks_the_event_loop(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+
+    async def main() -> int:
+        queue = await init_queue(concurrency_limit=2, registry_path=registry, job_storage_path=tmp_path / "jobs")
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                await asyncio.sleep(0.01)  # the loop's own timer: this is what must keep running
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        try:
+            job_id = queue.submit_job("sleep")
+            final = await queue.wait_for_job(job_id)  # a one-second job
+            assert final["status"] == "succeeded"
+        finally:
+            stop.set()
+            await task
+            await queue.close()
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert ticks >= 30  # about 100 in a second; a blocked loop would give 0 or 1
+
+
+def test_tool_execution_service_as_the_specification_writes_it(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    with ToolExecutionService(str(registry), max_retries=3, enable_cache=True, enable_async=True, cache_size=200,
+                              job_storage_path=tmp_path / "jobs") as tes:
+        result = tes.execute("echo", {"text": "sync"})
+        assert result["status"] == "succeeded" and result["result"]["stdout"] == "sync\n"
+
+        async def main() -> dict[str, object]:
+            await tes.init_async_queue(concurrency_limit=3)
+            job_id = await tes.execute_async("echo", {"text": "async"}, priority=JobPriority.HIGH)
+            final = await tes.wait_for_job(job_id)
+            assert tes.get_job_status(job_id)["status"] == "succeeded"
+            return final
+
+        final = asyncio.run(main())
+        assert final["result"]["stdout"] == "async\n"
+        assert tes.runtime.settings.job_concurrency == 3
+        failed = tes.execute("fail")
+        assert failed["status"] == "failed" and len(failed["attempts"]) == 1
+        stats = tes.get_execution_stats("echo")
+        assert stats["total_executions"] == 1  # the pool restart began a new runtime: figures are per runtime
+        assert {"failures", "avg_execution_time", "p50_execution_time", "p95_execution_time",
+                "p99_execution_time"} <= set(stats)
+        assert json.dumps(stats)
