@@ -36,3 +36,28 @@ def test_bad_registry_is_one_clear_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {bad}: script 'x' (#1), field 'timeout': must be positive, got -1"
+
+
+def test_run_runs_one_job_with_progress_and_typed_arguments(tmp_path: Path) -> None:
+    marker = tmp_path / "marker"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "--log-level", "warning", "run", "flaky",
+         "--arg", f"marker={marker}", "--registry", str(ROOT / "examples" / "registry.json")],
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "second attempt succeeds\n"
+    assert "attempt 1: exit code 3: first attempt fails on purpose" in result.stderr
+    assert "succeeded after 2 attempt(s)" in result.stderr
+
+
+def test_run_rejects_an_unknown_argument_clearly(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "run", "greet", "--arg", "nam=Ada",
+         "--registry", str(ROOT / "examples" / "registry.json")],
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("error: script 'greet': unknown argument(s) nam (declared: name)")
