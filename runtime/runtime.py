@@ -380,15 +380,17 @@ class Runtime:
         return dict(self.scheduler.execution_stats(script_id).get(timeout=self.settings.ask_timeout))
 
     def stats_snapshot(self) -> dict[str, Any]:
-        """Every figure, exact: each actor reports its pending counts before the snapshot."""
+        """Every figure: each actor reports its pending counts before the snapshot (exact,
+        except for a worker busy with a long job, whose count follows later)."""
         timeout = self.settings.ask_timeout
         for name in self.directory.names():
             if name in ("supervisor", "stats"):
                 continue
             try:
-                self.proxy(name).flush_stats().get(timeout=timeout)
-            except (pykka.ActorDeadError, RuntimeStopped):
-                pass  # restarting: its count restarts with it
+                # A worker busy with a long job answers only after it: its count may lag.
+                self.proxy(name).flush_stats().get(timeout=0.2 if name.startswith("worker-") else timeout)
+            except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped):
+                pass  # restarting or busy: its count follows in its next report
         return dict(self.stats.snapshot().get(timeout=timeout))
 
     def inject_fault(self, name: str, reason: str = "injected fault", exit: bool = False) -> None:
