@@ -82,7 +82,7 @@ class SchedulerActor(SupervisedActor):
 
     def setup(self) -> None:
         settings = self.context.settings
-        store = self._store_factory() if self._store_factory else SqliteStore(Path(settings.job_storage_path))
+        store = self._store_factory() if self._store_factory else SqliteStore(Path(settings.job_storage_path or ".jobs"))
         self.core = SchedulerCore(store, time.time, settings.max_retries)
         pending = recover(store)
         for record in pending:

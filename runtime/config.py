@@ -106,8 +106,7 @@ class Settings:
 
 
 def _convert(name: str, raw: Any, source: str) -> Any:
-    field = Settings.__dataclass_fields__[name]
-    kind = field.type
+    kind = str(Settings.__dataclass_fields__[name].type)  # annotations are strings here
     try:
         if kind == "int":
             if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):

@@ -141,11 +141,12 @@ class Runtime:
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
                 context("scheduler"), self.callbacks, self._store_factory, self._retry_rng)),
-            *[
-                ChildSpec(f"worker-{i}", lambda name=f"worker-{i}": WorkerActor.start(context(name)))
-                for i in range(self.settings.job_concurrency)
-            ],
+            *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
+
+    @staticmethod
+    def _worker_spec(name: str, context: Callable[[str], ActorContext]) -> ChildSpec:
+        return ChildSpec(name, lambda: WorkerActor.start(context(name)))
 
     def _escalated(self, text: str) -> None:
         # Called on the supervisor's thread: record, then clean up from another thread
