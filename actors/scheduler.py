@@ -3,12 +3,15 @@ retries failed attempts after a backoff, and answers questions about them."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pykka
 
 from runtime.callbacks import CallbackRunner
 from runtime.clock import TimerHandle
@@ -43,7 +46,7 @@ HANG_GRACE = 5.0
 
 def job_status(record: JobRecord) -> dict[str, Any]:
     """The status dict users see: state, attempts, progress, result, error, timestamps."""
-    data = record.to_dict()
+    data = copy.deepcopy(record.to_dict())  # a snapshot: the record lives on in the scheduler
     data["status"] = data["state"]
     data["job_id"] = data.pop("id")
     return data
@@ -76,6 +79,7 @@ class SchedulerActor(SupervisedActor):
         self._waiters: defaultdict[str, list[Callable[[dict[str, Any]], Any]]] = defaultdict(list)
         self._timers: dict[str, TimerHandle] = {}
         self._draining = False
+        self._worker_refs: dict[str, Any] = {}
         self.exec_stats = ExecutionStats()
 
     # --- lifecycle --------------------------------------------------------------------
@@ -128,12 +132,14 @@ class SchedulerActor(SupervisedActor):
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued, retrying or running job; ``False`` if unknown or finished."""
-        cancelled, handle = self._core().cancel(job_id)
+        core = self._core()
+        record = core.jobs.get(job_id)
+        cancelled, handle = core.cancel(job_id)
         if cancelled:
             if handle is not None:
                 handle()
             self._cancel_timer(job_id)
-            self._ended(job_id)
+            self._ended(job_id, record)
             self._dispatch()
         return cancelled
 
@@ -188,11 +194,17 @@ class SchedulerActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         core = self._core()
         if isinstance(message, JobFinished):
-            self._cancel_timer(message.job_id)
+            run = core.running.get(message.job_id)
+            if run is not None and run.attempt == message.attempt:
+                self._cancel_timer(message.job_id)  # a stale report must not cancel a retry timer
             result = message.result
             self.exec_stats.add(core.jobs[message.job_id].script_id if message.job_id in core.jobs else "?",
                                 result.get("duration", 0.0), result.get("status") == "succeeded")
-            self._outcome(message.job_id, core.finished(message.job_id, message.attempt, result))
+            # Only the current instance of a worker frees it: a replaced (hung) one reports late.
+            ref = self._worker_refs.get(message.worker)
+            current = ref is not None and ref.actor_urn == message.urn
+            self._outcome(message.job_id, core.finished(message.job_id, message.attempt, result,
+                                                        message.worker if current else None))
             self._dispatch()
         elif isinstance(message, JobProgress):
             if core.progress(message.job_id, message.attempt, message.fraction, message.message):
@@ -203,6 +215,9 @@ class SchedulerActor(SupervisedActor):
         elif isinstance(message, JobStarted):
             core.started(message.job_id, message.attempt, message.cancel)
         elif isinstance(message, WorkerReady):
+            # The ref comes with the message: a new instance may say it is ready
+            # before the supervisor has put it in the directory.
+            self._worker_refs[message.worker] = message.ref
             core.worker_ready(message.worker)
             self._dispatch()
         elif isinstance(message, RetryDue):
@@ -212,6 +227,7 @@ class SchedulerActor(SupervisedActor):
         elif isinstance(message, DeadlinePassed):
             self._deadline(message)
         elif isinstance(message, ChildDown):
+            self._worker_refs.pop(message.name, None)
             job_id = core.worker_lost(message.name)
             if job_id is not None:
                 self._cancel_timer(job_id)
@@ -271,12 +287,22 @@ class SchedulerActor(SupervisedActor):
                 self._outcome(start.record.id, core.finished(start.record.id, start.attempt,
                                                              {"status": "failed", "error": error}))
                 continue
-            if not self.context.directory.tell(start.worker, RunJob(start.record.id, start.attempt, script,
-                                                                   start.record.arguments)):
+            if not self._tell_worker(start.worker, RunJob(start.record.id, start.attempt, script,
+                                                          start.record.arguments)):
                 self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
                 core.worker_lost(start.worker)
                 continue
             self._arm_deadline(start.record.id, start.attempt, script.timeout)
+
+    def _tell_worker(self, worker: str, message: RunJob) -> bool:
+        ref = self._worker_refs.get(worker) or self.context.directory.get(worker)
+        if ref is None:
+            return False
+        try:
+            ref.tell(message)
+        except pykka.ActorDeadError:
+            return False
+        return True
 
     def _arm_deadline(self, job_id: str, attempt: int, timeout: float) -> None:
         me = self.actor_ref
@@ -298,7 +324,7 @@ class SchedulerActor(SupervisedActor):
         if run.cancel is not None:
             run.cancel()
         worker = run.worker
-        ref = self.context.directory.get(worker)
+        ref = self._worker_refs.pop(worker, None) or self.context.directory.get(worker)
         error = f"worker {worker} hung: attempt {message.attempt} outlived its deadline"
         logger.warning("job %s: %s", message.job_id, error)
         core.worker_lost(worker)
@@ -315,13 +341,13 @@ class SchedulerActor(SupervisedActor):
             self._timers[job_id] = self.context.clock.call_later(outcome.retry_in, lambda: _tell(me, RetryDue(job_id)))
             logger.info("job %s: attempt failed, retry in %.2f s", job_id, outcome.retry_in)
         elif outcome.state.finished:
-            self._ended(job_id)
+            self._ended(job_id, outcome.record)
 
-    def _ended(self, job_id: str) -> None:
+    def _ended(self, job_id: str, record: JobRecord | None) -> None:
         self._progress_callbacks.pop(job_id, None)
         waiters = self._waiters.pop(job_id, [])
         if waiters:
-            status = self.status(job_id)
+            status = job_status(record) if record is not None else self.status(job_id)
             for fn in waiters:
                 self._callbacks.post(fn, status, job_id=job_id)
 

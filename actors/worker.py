@@ -29,8 +29,7 @@ class WorkerActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RunJob):
-            self._run(message)
-            self._ready()
+            self._run(message)  # its JobFinished frees this worker in the scheduler
         elif isinstance(message, ReportReady):
             self._ready()
         else:
@@ -38,7 +37,7 @@ class WorkerActor(SupervisedActor):
         return None
 
     def _ready(self) -> None:
-        self.context.directory.tell("scheduler", WorkerReady(self.name, self.actor_urn))
+        self.context.directory.tell("scheduler", WorkerReady(self.name, self.actor_urn, self.actor_ref))
 
     def _run(self, job: RunJob) -> None:
         directory = self.context.directory
@@ -53,8 +52,7 @@ class WorkerActor(SupervisedActor):
             directory.tell("scheduler", JobStarted(job.job_id, job.attempt, execution.cancel))
             result = execution.run()
         elif script.kind == "python":
-            directory.tell("scheduler", JobStarted(job.job_id, job.attempt, None))
             result = run_python(script, job.arguments, progress)
         else:
             result = ExecutionResult("failed", error=f"script {script.id!r}: kind {script.kind!r} cannot run yet")
-        directory.tell("scheduler", JobFinished(job.job_id, job.attempt, self.name, result.to_dict()))
+        directory.tell("scheduler", JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn))

@@ -90,11 +90,13 @@ class SystemClock:
             if self._closed:
                 handle.cancel()
                 return handle
+            earliest = self._queue.next_due()
             self._queue.push(handle)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="runtime-timer", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if earliest is None or handle.when < earliest:
+                self._cond.notify()  # the thread sleeps until the earliest timer: wake it only for an earlier one
         return handle
 
     def close(self) -> None:

@@ -126,10 +126,11 @@ class RunJob:
 
 @dataclass(frozen=True, slots=True)
 class WorkerReady:
-    """WorkerActor → SchedulerActor: idle and ready for a job."""
+    """WorkerActor → SchedulerActor: idle and ready for a job; ``ref`` is where to send it."""
 
     worker: str
     urn: str
+    ref: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +165,7 @@ class JobFinished:
     attempt: int
     worker: str
     result: dict[str, Any]
+    urn: str = ""
 
 
 @dataclass(frozen=True, slots=True)

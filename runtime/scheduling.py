@@ -50,10 +50,12 @@ class Outcome:
     Attributes:
         state: the job's new state.
         retry_in: seconds until the next attempt (``retrying`` only).
+        record: the job's record (for a finished job: its final state).
     """
 
     state: JobState
     retry_in: float | None = None
+    record: JobRecord | None = None
 
 
 @dataclass
@@ -85,6 +87,7 @@ class SchedulerCore:
     cancelled: int = 0
     _queue: list[tuple[int, int, str]] = field(default_factory=list)
     _waiting_retry: set[str] = field(default_factory=set)
+    _busy_after_cancel: set[str] = field(default_factory=set)
 
     # --- intake ----------------------------------------------------------------------
 
@@ -115,11 +118,18 @@ class SchedulerCore:
     # --- dispatch --------------------------------------------------------------------
 
     def worker_ready(self, worker: str) -> None:
+        """A (new) worker instance is idle."""
+        self._busy_after_cancel.discard(worker)
+        self._release(worker)
+
+    def _release(self, worker: str) -> None:
+        self._busy_after_cancel.discard(worker)
         if worker not in self.idle and all(r.worker != worker for r in self.running.values()):
             self.idle.append(worker)
 
     def worker_lost(self, worker: str) -> str | None:
         """A worker died; returns the job it was running, if any."""
+        self._busy_after_cancel.discard(worker)
         if worker in self.idle:
             self.idle.remove(worker)
         for job_id, run in self.running.items():
@@ -164,8 +174,11 @@ class SchedulerCore:
 
     # --- endings ---------------------------------------------------------------------
 
-    def finished(self, job_id: str, attempt: int, result: dict[str, Any]) -> Outcome | None:
-        """An attempt ended with ``result`` (an ``ExecutionResult.to_dict()``).
+    def finished(self, job_id: str, attempt: int, result: dict[str, Any], worker: str | None = None) -> Outcome | None:
+        """An attempt ended with ``result`` (an ``ExecutionResult.to_dict()``) on ``worker``.
+
+        The worker is idle again whatever the report says: only its own report
+        frees it (a cancelled python job keeps its worker busy until it returns).
 
         Returns:
             the job's outcome, or ``None`` when the report is stale (an attempt
@@ -173,9 +186,11 @@ class SchedulerCore:
         """
         run = self.running.get(job_id)
         if run is None or run.attempt != attempt:
+            if worker is not None:
+                self._release(worker)
             return None
         del self.running[job_id]
-        self.worker_ready(run.worker)
+        self._release(run.worker)
         record = self.jobs[job_id]
         if result.get("status") == "succeeded":
             return self._close(record, JobState.SUCCEEDED, result, None)
@@ -210,7 +225,7 @@ class SchedulerCore:
             return False, None
         run = self.running.pop(job_id, None)
         if run is not None:
-            self.worker_ready(run.worker)
+            self._busy_after_cancel.add(run.worker)  # until its JobFinished arrives
             record.attempts[-1].update(finished_at=self.wall(), status="cancelled", error="cancelled")
         self._waiting_retry.discard(job_id)
         self._close(record, JobState.CANCELLED, None, "cancelled")
@@ -251,4 +266,4 @@ class SchedulerCore:
         record.updated_at = now
         self.store.update(record)
         del self.jobs[record.id]
-        return Outcome(state)
+        return Outcome(state, record=record)

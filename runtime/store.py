@@ -371,7 +371,10 @@ class SqliteStore:
 
     def update(self, record: JobRecord) -> None:
         """Overwrite a stored record, committed on return."""
-        self.update_many([record])
+        row = self._row(record, _encode(record, self.path))
+        with self._guard(f"updating job {record.id}") as conn:  # autocommit: one statement, one commit
+            if conn.execute(_UPDATE, row).rowcount != 1:
+                raise StoreError(f"job store {self.path}: unknown job(s) {record.id}")
 
     def update_many(self, records: Iterable[JobRecord]) -> None:
         """Overwrite stored records in one transaction (one commit), all or none."""
