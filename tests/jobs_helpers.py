@@ -1,0 +1,113 @@
+"""Functions run by ``"kind": "python"`` scripts in the job tests.
+
+Module-level state lets a test hold a worker busy and release it deterministically
+(``gate(name)`` / ``release(name)``) and see what ran, in which order (``CALLS``).
+``reset()`` clears everything between tests.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from typing import Any
+
+#: Tokens of the calls that ran, in order.
+CALLS: list[str] = []
+#: How many times each ``flaky`` key was called.
+ATTEMPTS: Counter[str] = Counter()
+#: Set once a ``block`` call with that name has started.
+_STARTED: dict[str, threading.Event] = {}
+#: Set by ``release(name)``: lets the ``block`` calls with that name return.
+_GATES: dict[str, threading.Event] = {}
+_LOCK = threading.Lock()
+
+#: In a process with this variable set, ``maybe_block`` blocks forever (the SIGKILL test's child).
+BLOCK_ENV = "JOBS_HELPERS_BLOCK"
+
+
+def _event(table: dict[str, threading.Event], name: str) -> threading.Event:
+    with _LOCK:
+        event = table.get(name)
+        if event is None:
+            event = table[name] = threading.Event()
+        return event
+
+
+def gate(name: str) -> threading.Event:
+    """The event ``block(name=name)`` waits on."""
+    return _event(_GATES, name)
+
+
+def started(name: str) -> threading.Event:
+    """Set once a ``block(name=name)`` call is running."""
+    return _event(_STARTED, name)
+
+
+def release(name: str) -> None:
+    gate(name).set()
+
+
+def reset() -> None:
+    with _LOCK:
+        for event in _GATES.values():
+            event.set()  # nothing left blocked by an earlier test
+        _GATES.clear()
+        _STARTED.clear()
+        CALLS.clear()
+        ATTEMPTS.clear()
+
+
+# --- the job functions -----------------------------------------------------------------
+
+
+def record(token: str) -> str:
+    """Append ``token`` to ``CALLS``."""
+    CALLS.append(token)
+    return token
+
+
+def block(name: str, token: str = "", limit: float = 30.0) -> str:
+    """Signal ``started(name)``, wait until ``release(name)`` (at most ``limit`` s), record ``token``."""
+    started(name).set()
+    if not gate(name).wait(limit):
+        raise TimeoutError(f"block {name!r} was never released")
+    CALLS.append(token or name)
+    return name
+
+
+def hang_once(name: str) -> str:
+    """The first call with ``name`` blocks until ``release(name)``; later ones return at once."""
+    ATTEMPTS[name] += 1
+    if ATTEMPTS[name] == 1:
+        started(name).set()
+        gate(name).wait(30.0)
+        return "released"
+    CALLS.append(name)
+    return "quick"
+
+
+def flaky(key: str, failures: int) -> dict[str, Any]:
+    """Raise on the first ``failures`` calls with ``key``, then succeed."""
+    ATTEMPTS[key] += 1
+    n = ATTEMPTS[key]
+    if n <= failures:
+        raise RuntimeError(f"{key} failure {n}")
+    CALLS.append(key)
+    return {"key": key, "calls": n}
+
+
+def report(token: str, progress: Any) -> str:
+    """Report progress twice, then record ``token``."""
+    progress(0.5, f"{token} half")
+    progress(1.0, f"{token} done")
+    CALLS.append(token)
+    return token
+
+
+def maybe_block(n: int) -> int:
+    """Blocks forever where ``BLOCK_ENV`` is set (a process about to be killed), else returns ``n``."""
+    if os.environ.get(BLOCK_ENV):
+        threading.Event().wait()
+    CALLS.append(str(n))
+    return n
