@@ -17,7 +17,7 @@ from runtime.config import Settings
 from runtime.errors import ActorRuntimeError, InjectedFault
 from runtime.messages import ActorCounted, ChildFailed, ChildStarted, InjectFault
 
-__all__ = ["ActorContext", "Directory", "SupervisedActor"]
+__all__ = ["ActorContext", "Directory", "SupervisedActor", "tell_ref"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,18 @@ class Directory:
 
     def tell(self, name: str, message: Any) -> bool:
         """Tell the current ``name`` actor; ``False`` when it is not running (dropped)."""
-        ref = self._refs.get(name)
-        if ref is None:
-            return False
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            return False
-        return True
+        return tell_ref(self._refs.get(name), message)
+
+
+def tell_ref(ref: pykka.ActorRef[Any] | None, message: Any) -> bool:
+    """Tell ``ref``; ``False`` (the message is dropped) when it is missing or dead."""
+    if ref is None:
+        return False
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)

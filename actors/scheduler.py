@@ -11,8 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pykka
-
 from runtime.callbacks import CallbackRunner
 from runtime.clock import TimerHandle
 from runtime.errors import ActorRuntimeError
@@ -34,7 +32,7 @@ from runtime.registry import Script
 from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore
 from runtime.store import JobRecord, JobState, JobStore, MemoryStore, SqliteStore, recover
 
-from actors.base import ActorContext, SupervisedActor
+from actors.base import ActorContext, SupervisedActor, tell_ref
 
 __all__ = ["SchedulerActor", "job_status"]
 
@@ -295,14 +293,7 @@ class SchedulerActor(SupervisedActor):
             self._arm_deadline(start.record.id, start.attempt, script.timeout)
 
     def _tell_worker(self, worker: str, message: RunJob) -> bool:
-        ref = self._worker_refs.get(worker) or self.context.directory.get(worker)
-        if ref is None:
-            return False
-        try:
-            ref.tell(message)
-        except pykka.ActorDeadError:
-            return False
-        return True
+        return tell_ref(self._worker_refs.get(worker) or self.context.directory.get(worker), message)
 
     def _arm_deadline(self, job_id: str, attempt: int, timeout: float) -> None:
         me = self.actor_ref
@@ -353,7 +344,5 @@ class SchedulerActor(SupervisedActor):
 
 
 def _tell(ref: Any, message: Any) -> None:
-    try:
-        ref.tell(message)
-    except Exception:  # noqa: BLE001 - ActorDeadError: the scheduler stopped meanwhile
+    if not tell_ref(ref, message):
         logger.debug("dropped %r: scheduler stopped", message)
