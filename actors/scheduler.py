@@ -211,7 +211,8 @@ class SchedulerActor(SupervisedActor):
                     self._callbacks.post(callback, message.job_id, message.fraction, message.message,
                                          job_id=message.job_id)
         elif isinstance(message, JobStarted):
-            core.started(message.job_id, message.attempt, message.cancel)
+            if not core.started(message.job_id, message.attempt, message.cancel) and message.cancel is not None:
+                message.cancel()  # cancelled before its handle arrived: stop it now
         elif isinstance(message, WorkerReady):
             # The ref comes with the message: a new instance may say it is ready
             # before the supervisor has put it in the directory.

@@ -159,10 +159,18 @@ class SchedulerCore:
             starts.append(Dispatch(worker, record, attempt))
         return starts
 
-    def started(self, job_id: str, attempt: int, cancel: Callable[[], None] | None) -> None:
+    def started(self, job_id: str, attempt: int, cancel: Callable[[], None] | None) -> bool:
+        """Keep the running attempt's cancel handle.
+
+        Returns:
+            ``False`` when that attempt is no longer wanted (cancelled or given up on
+            before it started): the caller should call ``cancel`` at once.
+        """
         run = self.running.get(job_id)
-        if run is not None and run.attempt == attempt:
-            run.cancel = cancel
+        if run is None or run.attempt != attempt:
+            return False
+        run.cancel = cancel
+        return True
 
     def progress(self, job_id: str, attempt: int, fraction: float, message: str) -> bool:
         """Record progress; ``False`` for a stale attempt (ignored)."""

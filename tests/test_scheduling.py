@@ -341,3 +341,14 @@ def test_store_mirrors_every_change(priority: int) -> None:
     assert store.counts()["running"] == 1
     core.finished(job, 1, {"status": "succeeded"})
     assert store.counts()["succeeded"] == 1 and store.unfinished() == []
+
+
+def test_a_cancel_that_arrives_before_the_start_report_stops_the_attempt_when_it_reports() -> None:
+    core, _, _ = make_core()
+    core.worker_ready("w1")
+    job = submit(core)
+    (start,) = core.dispatch()
+    assert core.cancel(job) == (True, None)  # no handle yet: the worker has not reported the start
+    stopped: list[bool] = []
+    assert core.started(job, start.attempt, lambda: stopped.append(True)) is False
+    assert core.started("unknown", 1, None) is False
