@@ -28,7 +28,7 @@ from runtime.messages import (
     RunJob,
     WorkerReady,
 )
-from runtime.registry import Script
+from runtime.registry import Script, load_registry
 from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore
 from runtime.store import JobRecord, JobState, JobStore, MemoryStore, SqliteStore, recover
 
@@ -196,8 +196,9 @@ class SchedulerActor(SupervisedActor):
             if run is not None and run.attempt == message.attempt:
                 self._cancel_timer(message.job_id)  # a stale report must not cancel a retry timer
             result = message.result
-            self.exec_stats.add(core.jobs[message.job_id].script_id if message.job_id in core.jobs else "?",
-                                result.get("duration", 0.0), result.get("status") == "succeeded")
+            record = core.jobs.get(message.job_id)
+            if record is not None:  # a report about a job already closed (cancelled) is not counted
+                self.exec_stats.add(record.script_id, result.get("duration", 0.0), result.get("status") == "succeeded")
             # Only the current instance of a worker frees it: a replaced (hung) one reports late.
             ref = self._worker_refs.get(message.worker)
             current = ref is not None and ref.actor_urn == message.urn
@@ -263,8 +264,6 @@ class SchedulerActor(SupervisedActor):
         """Scripts of recovered jobs come from the registry file (no ask to the cache)."""
         if not script_ids:
             return
-        from runtime.registry import load_registry  # noqa: PLC0415
-
         try:
             registry = load_registry(self.context.settings.registry_path)
         except ActorRuntimeError as e:

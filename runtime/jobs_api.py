@@ -27,10 +27,6 @@ class JobPriority(enum.IntEnum):
     LOW = 2
 
 
-def _status(full: dict[str, Any]) -> dict[str, Any]:
-    return full  # the runtime's status dict already has status, attempts, progress, result, error
-
-
 class JobQueue:
     """The job queue of a running runtime (see :func:`init_queue`)."""
 
@@ -54,7 +50,7 @@ class JobQueue:
 
     def get_job_status(self, job_id: str) -> dict[str, Any]:
         """``status``, ``attempts``, ``progress``, ``result``, ``error`` and timestamps."""
-        return _status(self.runtime.status(job_id))
+        return self.runtime.status(job_id)
 
     def cancel_job(self, job_id: str) -> bool:
         """Cancel a queued or running job; ``False`` when it had already finished."""

@@ -4,6 +4,7 @@ stops it in reverse; the user's handle on a running runtime."""
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -425,8 +426,6 @@ def _priority(value: int | str) -> int:
 
 
 def _absolute_registry(settings: Settings) -> Settings:
-    import dataclasses  # noqa: PLC0415
-
     registry = Path(settings.registry_path).absolute()
     jobs = settings.job_storage_path or registry.parent / ".jobs"
     return dataclasses.replace(settings, registry_path=registry, job_storage_path=Path(jobs).absolute())
