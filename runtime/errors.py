@@ -9,6 +9,8 @@ from __future__ import annotations
 __all__ = [
     "JobNotFound",
     "ActorRuntimeError",
+    "PoolError",
+    "PoolTimeout",
     "ConfigError",
     "InjectedFault",
     "InvalidArguments",
@@ -75,3 +77,12 @@ class JobNotFound(ActorRuntimeError, LookupError):
 
     def __reduce__(self) -> tuple[type[JobNotFound], tuple[str]]:
         return (type(self), (self.job_id,))
+
+
+class PoolError(ActorRuntimeError):
+    """A connection pool is unknown, closed or misconfigured, or cannot connect.
+    Messages name the pool and never carry a password (DSNs are redacted)."""
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """Every connection of a pool stayed in use for the whole wait."""

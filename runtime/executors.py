@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import IO, Any
 
 from runtime.errors import InvalidArguments
@@ -105,6 +105,9 @@ class ExecutionResult:
         error: human-readable cause when the status is not ``succeeded``.
         stdout_truncated: stdout exceeded the output cap; the rest was discarded.
         stderr_truncated: likewise for stderr.
+        extra: fields of other kinds of script (``http``: ``status_code``,
+            ``headers``, ``body``, ``json``; ``sql``: ``rows``, ``rowcount``),
+            merged into ``to_dict()`` at the top level.
     """
 
     status: str
@@ -116,6 +119,7 @@ class ExecutionResult:
     error: str | None = None
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -123,7 +127,9 @@ class ExecutionResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        data.update(self.extra)
+        return data
 
 
 def _report(script_id: str, on_progress: ProgressCallback | None, fraction: Any, message: Any = "") -> None:
