@@ -3,18 +3,16 @@ retries failed attempts after a backoff, and answers questions about them."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from runtime.callbacks import CallbackRunner
 from runtime.clock import TimerHandle
 from runtime.errors import ActorRuntimeError
-from runtime.execution_stats import ExecutionStats
 from runtime.messages import (
     ChildDown,
     DeadlinePassed,
@@ -29,7 +27,7 @@ from runtime.messages import (
     WorkerReady,
 )
 from runtime.registry import Script, load_registry
-from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore
+from runtime.scheduling import Outcome, RetryPolicy, Running, SchedulerCore, SchedulerMemory
 from runtime.store import JobRecord, JobState, JobStore, MemoryStore, SqliteStore, recover
 
 from actors.base import ActorContext, SupervisedActor, tell_ref
@@ -40,24 +38,42 @@ logger = logging.getLogger(__name__)
 
 #: Seconds an attempt may outlive its script's timeout before its worker counts as hung.
 HANG_GRACE = 5.0
+#: Most changed records held back for one group commit while messages keep coming.
+FLUSH_BATCH = 256
 
 
 def job_status(record: JobRecord) -> dict[str, Any]:
     """The status dict users see: state, attempts, progress, result, error, timestamps."""
-    data = copy.deepcopy(record.to_dict())  # a snapshot: the record lives on in the scheduler
+    data = _copy_json(record.to_dict())  # a snapshot: the record lives on in the scheduler
     data["status"] = data["state"]
     data["job_id"] = data.pop("id")
     return data
 
 
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON-shaped data, several times cheaper than ``copy.deepcopy``."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copy_json(item) for key, item in value.items()}
+    if kind is list or kind is tuple:
+        return [_copy_json(item) for item in value]
+    return value
+
+
 class SchedulerActor(SupervisedActor):
     """Owns the job queue and the store connection.
+
+    Writes are group-committed: the changes made while handling a run of messages
+    go to the store in one transaction once the inbox is empty (or ``FLUSH_BATCH``
+    records are pending), and a submit commits them together with its new job.
+    Completion waiters run only after their job's final state is committed.
 
     Args:
         context: the actor's context.
         callbacks: where progress callbacks and completion waiters run.
         store_factory: opens the job store (default: SQLite under ``job_storage_path``).
         rng: jitter source for retry backoff (tests pass a fixed one).
+        memory: what a restarted instance takes over from the failed one.
     """
 
     def __init__(
@@ -66,66 +82,118 @@ class SchedulerActor(SupervisedActor):
         callbacks: CallbackRunner,
         store_factory: Callable[[], JobStore] | None = None,
         rng: Callable[[], float] | None = None,
+        memory: SchedulerMemory | None = None,
     ) -> None:
         super().__init__(context)
         self._callbacks = callbacks
         self._store_factory = store_factory
         self._rng = rng
+        self.memory = memory or SchedulerMemory()
         self.core: SchedulerCore | None = None
         self._scripts: dict[str, Script] = {}
-        self._progress_callbacks: dict[str, Callable[..., Any]] = {}
-        self._waiters: defaultdict[str, list[Callable[[dict[str, Any]], Any]]] = defaultdict(list)
+        self._progress_callbacks = self.memory.progress_callbacks
+        self._waiters = self.memory.waiters
+        self._worker_refs = self.memory.worker_refs
+        self.exec_stats = self.memory.exec_stats
         self._timers: dict[str, TimerHandle] = {}
         self._draining = False
-        self._worker_refs: dict[str, Any] = {}
-        self.exec_stats = ExecutionStats()
+        self._failed = False
+        # Completion waiters whose job's final state is not committed yet.
+        self._unflushed: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any]]] = []
 
     # --- lifecycle --------------------------------------------------------------------
 
     def setup(self) -> None:
         settings = self.context.settings
-        store = self._store_factory() if self._store_factory else SqliteStore(Path(settings.job_storage_path or ".jobs"))
-        self.core = SchedulerCore(store, time.time, settings.max_retries)
-        pending = recover(store)
+        memory = self.memory
+        if memory.store is None:
+            memory.store = (self._store_factory() if self._store_factory
+                            else SqliteStore(Path(settings.job_storage_path or ".jobs")))
+        core = self.core = SchedulerCore(memory.store, time.time, settings.max_retries)
+        # Attempts of the failed instance whose worker is still the same live actor
+        # carry on: that worker's report comes here. The others were lost with it.
+        live = {job_id: run for job_id, run in memory.running.items() if self._worker_alive(run.worker)}
+        memory.running = {}
+        pending = recover(memory.store, {job_id: run.attempt for job_id, run in live.items()})
         for record in pending:
-            self.core.restore(record)
+            if record.state is JobState.RUNNING:
+                core.adopt(record, live[record.id])
+            else:
+                core.restore(record)
         if pending:
-            logger.info("scheduler recovered %d unfinished jobs from the store", len(pending))
+            logger.info("scheduler recovered %d unfinished jobs from the store (%d still running)",
+                        len(pending), len(core.running))
         self._load_scripts([r.script_id for r in pending])
+        for job_id, record in core.jobs.items():
+            if job_id in core.running:
+                self._arm_deadline(job_id, core.running[job_id].attempt, self._timeout_of(record.script_id))
+            elif (delay := core.retry_in(job_id)) is not None:
+                self._arm_retry(job_id, delay)
+        for job_id in [j for j in self._waiters if j not in core.jobs]:
+            self._ended(job_id, None)  # finished while no scheduler was listening
+        core.flush()
         for name in self.context.directory.names():
             if name.startswith("worker-"):
                 self.context.directory.tell(name, ReportReady())
 
+    def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
+                   traceback: TracebackType | None) -> None:
+        self._failed = True
+        super().on_failure(exception_type, exception_value, traceback)
+
     def teardown(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
-        if self.core is not None:
-            # Jobs still running stay "running" in the store: the next start retries them.
-            for run in self.core.running.values():
-                if run.cancel is not None:
-                    run.cancel()
-            self.core.store.close()
+        core = self.core
+        if core is None:
+            return
+        try:
+            self._flush()
+        except ActorRuntimeError:
+            logger.exception("scheduler: the last changes could not be written; the next start redoes them")
+            for job_id, fn, _status in self._unflushed:
+                self._waiters[job_id].append(fn)
+        if self._failed:
+            # A restarted instance adopts the attempts still running on live workers.
+            self.memory.running = dict(core.running)
+            return
+        # A stop: jobs still running stay "running" in the store; the next start retries them.
+        for run in core.running.values():
+            if run.cancel is not None:
+                run.cancel()
+        self.memory.close()
 
     # --- questions (ask / proxy) ------------------------------------------------------
 
     def submit(self, script: Script, arguments: dict[str, Any], priority: int = 1,
-               max_retries: int | None = None, callback: Callable[..., Any] | None = None) -> str:
-        """Accept a job (already validated by the caller); it is in the store on return."""
+               max_retries: int | None = None, callback: Callable[..., Any] | None = None,
+               on_done: Callable[[dict[str, Any]], Any] | None = None) -> str:
+        """Accept a job (already validated by the caller); it is in the store on return.
+
+        ``on_done(status)`` is called off the actors once the job has finished, as
+        ``when_done`` would, without a second ask.
+        """
         core = self._core()
         if max_retries is None:
             max_retries = script.max_retries
         record = JobRecord.new(script.id, arguments, priority=priority, max_retries=max_retries)
         self._remember(script)
-        core.submit(record)
+        core.submit(record)  # commits the pending changes too
+        self._post_unflushed()
         if callback is not None:
             self._progress_callbacks[record.id] = callback
+        if on_done is not None:
+            self._waiters[record.id].append(on_done)
         self._dispatch()
         return record.id
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """The job's status dict, or ``None`` for an unknown id."""
         core = self._core()
-        record = core.jobs.get(job_id) or core.store.get(job_id)
+        record = core.jobs.get(job_id)
+        if record is None:
+            self._flush()  # a finished job is read back from the store
+            record = core.store.get(job_id)
         return None if record is None else job_status(record)
 
     def cancel(self, job_id: str) -> bool:
@@ -189,6 +257,15 @@ class SchedulerActor(SupervisedActor):
 
     # --- events (tell) ----------------------------------------------------------------
 
+    def _handle_receive(self, message: Any) -> Any:
+        try:
+            return super()._handle_receive(message)
+        finally:
+            core = self.core
+            if core is not None and (core.dirty or self._unflushed) and (
+                    len(core.dirty) >= FLUSH_BATCH or self.actor_inbox.empty()):
+                self._flush()
+
     def on_receive(self, message: Any) -> Any:
         core = self._core()
         if isinstance(message, JobFinished):
@@ -238,6 +315,26 @@ class SchedulerActor(SupervisedActor):
         return None
 
     # --- internals --------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Commit the pending changes, then run the waiters of the jobs they finished."""
+        if self.core is not None:
+            self.core.flush()
+        self._post_unflushed()
+
+    def _post_unflushed(self) -> None:
+        waiting, self._unflushed = self._unflushed, []
+        for job_id, fn, status in waiting:
+            self._callbacks.post(fn, status, job_id=job_id)
+
+    def _worker_alive(self, worker: str) -> bool:
+        ref = self._worker_refs.get(worker)
+        current = self.context.directory.get(worker)
+        return ref is not None and ref.is_alive() and (current is None or current.actor_urn == ref.actor_urn)
+
+    def _timeout_of(self, script_id: str) -> float:
+        script = self._scripts.get(script_id)
+        return script.timeout if script is not None else 60.0  # the registry's default timeout
 
     def _core(self) -> SchedulerCore:
         if self.core is None:
@@ -328,19 +425,25 @@ class SchedulerActor(SupervisedActor):
         if outcome is None:
             return
         if outcome.state is JobState.RETRYING and outcome.retry_in is not None:
-            me = self.actor_ref
-            self._timers[job_id] = self.context.clock.call_later(outcome.retry_in, lambda: _tell(me, RetryDue(job_id)))
+            self._arm_retry(job_id, outcome.retry_in)
             logger.info("job %s: attempt failed, retry in %.2f s", job_id, outcome.retry_in)
         elif outcome.state.finished:
             self._ended(job_id, outcome.record)
+
+    def _arm_retry(self, job_id: str, delay: float) -> None:
+        me = self.actor_ref
+        self._timers[job_id] = self.context.clock.call_later(delay, lambda: _tell(me, RetryDue(job_id)))
 
     def _ended(self, job_id: str, record: JobRecord | None) -> None:
         self._progress_callbacks.pop(job_id, None)
         waiters = self._waiters.pop(job_id, [])
         if waiters:
             status = job_status(record) if record is not None else self.status(job_id)
-            for fn in waiters:
-                self._callbacks.post(fn, status, job_id=job_id)
+            if status is None:
+                return
+            # Held back until the final state is committed: a waiter must never see
+            # an ending that a crash could undo.
+            self._unflushed.extend((job_id, fn, status) for fn in waiters)
 
 
 def _tell(ref: Any, message: Any) -> None:

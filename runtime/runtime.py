@@ -23,6 +23,7 @@ from runtime.executors import validate_arguments
 from runtime.messages import InjectFault
 from runtime.registry import Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView
+from runtime.scheduling import SchedulerMemory
 from runtime.stats import StatsAccumulator
 from runtime.store import JobStore
 from runtime.supervision import Backoff, ChildSpec, RestartPolicy
@@ -60,6 +61,7 @@ class Runtime:
         self.cache_view = CacheView()
         self._stats = StatsAccumulator()
         self._cache_memory = CacheMemory()
+        self._scheduler_memory = SchedulerMemory()
         self._inotify_factory = inotify_factory
         self._store_factory = store_factory
         self._retry_rng = retry_rng
@@ -141,7 +143,7 @@ class Runtime:
             ChildSpec("cache", lambda: CacheActor.start(context("cache"), self._cache_memory, self.cache_view)),
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
-                context("scheduler"), self.callbacks, self._store_factory, self._retry_rng)),
+                context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory)),
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
@@ -182,6 +184,7 @@ class Runtime:
                 _stop_ref(supervisor, timeout)
             for name in self.directory.names():
                 self.directory.set(name, None)
+            self._scheduler_memory.close()  # a scheduler that failed for good left it open
             if self._owns_clock:
                 self.clock.close()
             self.callbacks.close()
@@ -298,6 +301,7 @@ class Runtime:
         *,
         max_retries: int | None = None,
         callback: Callable[[str, float, str], Any] | None = None,
+        on_done: Callable[[dict[str, Any]], Any] | None = None,
     ) -> str:
         """Validate and accept a job; it is in the store when this returns.
 
@@ -308,6 +312,8 @@ class Runtime:
             max_retries: overrides the script's and the runtime's retry limit.
             callback: ``callback(job_id, fraction, message)`` on each progress report,
                 called off the actor threads.
+            on_done: ``on_done(status)`` once the job has finished, off the actor
+                threads (as :meth:`when_done`, without a second round trip).
 
         Returns:
             the job id.
@@ -322,7 +328,7 @@ class Runtime:
             raise InvalidArguments(f"max_retries must be an integer >= 0, got {max_retries!r}")
         script = self.script(script_id)
         values = validate_arguments(script, arguments)
-        return str(self.scheduler.submit(script, values, level, max_retries, callback)
+        return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
                    .get(timeout=self.settings.ask_timeout))
 
     def status(self, job_id: str) -> dict[str, Any]:
@@ -356,22 +362,15 @@ class Runtime:
             JobNotFound: no such job.
             TimeoutError: not finished within ``timeout`` seconds.
         """
-        done = threading.Event()
-        box: list[dict[str, Any]] = []
-
-        def finished(status: dict[str, Any]) -> None:
-            box.append(status)
-            done.set()
-
-        self.when_done(job_id, finished)
-        if not done.wait(timeout):
-            raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
-        return box[0]
+        waiter = _Waiter()
+        self.when_done(job_id, waiter)
+        return waiter.result(job_id, timeout)
 
     def run(self, script_id: str, arguments: dict[str, Any] | None = None, timeout: float | None = None,
             **options: Any) -> dict[str, Any]:
         """Submit a job and wait for its end; its final status."""
-        return self.wait_job(self.submit(script_id, arguments, **options), timeout)
+        waiter = _Waiter()
+        return waiter.result(self.submit(script_id, arguments, on_done=waiter, **options), timeout)
 
     def queue_stats(self) -> dict[str, Any]:
         """``queue_size``, ``running_jobs``, ``completed_jobs``, ``failed_jobs`` and more."""
@@ -413,6 +412,23 @@ class Runtime:
 
 
 _PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+
+
+class _Waiter:
+    """A completion callback that a thread can block on."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._status: dict[str, Any] = {}
+
+    def __call__(self, status: dict[str, Any]) -> None:
+        self._status = status
+        self._done.set()
+
+    def result(self, job_id: str, timeout: float | None) -> dict[str, Any]:
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+        return self._status
 
 
 def _priority(value: int | str) -> int:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.execution_stats import ExecutionStats
 from runtime.store import JobRecord, JobState, JobStore
 
-__all__ = ["Dispatch", "Outcome", "RetryPolicy", "SchedulerCore"]
+__all__ = ["Dispatch", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +61,45 @@ class Outcome:
 
 
 @dataclass
-class _Running:
+class Running:
+    """An attempt in flight: where it runs and how to stop it."""
+
     worker: str
     attempt: int
     cancel: Callable[[], None] | None = None
+
+
+@dataclass
+class SchedulerMemory:
+    """What outlives one SchedulerActor instance.
+
+    The supervisor's factory hands the same object to a restarted scheduler (as
+    with the cache's ``CacheMemory``), so a crash of the scheduler loses no
+    completion waiter, progress callback or execution figure, and attempts still
+    running on live workers are adopted instead of being started a second time.
+    Only one scheduler instance uses it at a time: the old one is dead before the
+    new one starts, so nothing here locks.
+
+    Attributes:
+        store: the job store, opened by the first instance and kept open across
+            restarts (a ``MemoryStore`` would otherwise forget every job).
+        running: attempts in flight when the last instance failed.
+        worker_refs: worker name -> the instance that last said it was ready.
+    """
+
+    store: JobStore | None = None
+    progress_callbacks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    waiters: defaultdict[str, list[Callable[[dict[str, Any]], Any]]] = field(
+        default_factory=lambda: defaultdict(list))
+    running: dict[str, Running] = field(default_factory=dict)
+    worker_refs: dict[str, Any] = field(default_factory=dict)
+    exec_stats: ExecutionStats = field(default_factory=ExecutionStats)
+
+    def close(self) -> None:
+        """Close the store (idempotent); the runtime calls it once its actors are gone."""
+        store, self.store = self.store, None
+        if store is not None:
+            store.close()
 
 
 @dataclass
@@ -79,12 +116,15 @@ class SchedulerCore:
     wall: Callable[[], float]
     default_max_retries: int = 3
     jobs: dict[str, JobRecord] = field(default_factory=dict)
-    running: dict[str, _Running] = field(default_factory=dict)
+    running: dict[str, Running] = field(default_factory=dict)
     idle: list[str] = field(default_factory=list)
     policies: dict[str, RetryPolicy] = field(default_factory=dict)
     completed: int = 0
     failed: int = 0
     cancelled: int = 0
+    #: Changed records not yet written: ``flush()`` (or the next ``submit``) writes
+    #: them in one transaction, so a burst costs one commit, not one per change.
+    dirty: dict[str, JobRecord] = field(default_factory=dict)
     _queue: list[tuple[int, int, str]] = field(default_factory=list)
     _waiting_retry: set[str] = field(default_factory=set)
     _busy_after_cancel: set[str] = field(default_factory=set)
@@ -92,8 +132,9 @@ class SchedulerCore:
     # --- intake ----------------------------------------------------------------------
 
     def submit(self, record: JobRecord) -> None:
-        """Accept a job: durable in the store before this returns."""
-        self.store.add(record)
+        """Accept a job: durable in the store (with every pending change) before this returns."""
+        self.store.write([record], list(self.dirty.values()))
+        self.dirty.clear()
         self.jobs[record.id] = record
         heapq.heappush(self._queue, (record.priority, record.seq, record.id))
 
@@ -108,8 +149,30 @@ class SchedulerCore:
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
         if record.state is JobState.RETRYING and len(record.attempts) - 1 >= limit:
             return self._close(record, JobState.FAILED, None, record.attempts[-1].get("error") or "interrupted").state
-        heapq.heappush(self._queue, (record.priority, record.seq, record.id))
+        if record.state is JobState.RETRYING and record.not_before > self.wall():
+            self._waiting_retry.add(record.id)  # its backoff goes on across the restart: see retry_in
+        else:
+            heapq.heappush(self._queue, (record.priority, record.seq, record.id))
         return record.state
+
+    def adopt(self, record: JobRecord, run: Running) -> None:
+        """Take over an attempt that a live worker is still running (after a scheduler restart)."""
+        self.jobs[record.id] = record
+        self.running[record.id] = run
+        if run.worker in self.idle:
+            self.idle.remove(run.worker)
+
+    def retry_in(self, job_id: str) -> float | None:
+        """Seconds until a job waiting out its backoff may run; ``None`` when it is not waiting."""
+        if job_id not in self._waiting_retry:
+            return None
+        return max(0.0, self.jobs[job_id].not_before - self.wall())
+
+    def flush(self) -> None:
+        """Write every pending change in one transaction."""
+        if self.dirty:
+            self.store.write((), list(self.dirty.values()))
+            self.dirty.clear()
 
     @property
     def queued(self) -> int:
@@ -154,8 +217,8 @@ class SchedulerCore:
             record.state = JobState.RUNNING
             record.progress = None
             record.updated_at = now
-            self.store.update(record)
-            self.running[job_id] = _Running(worker, attempt)
+            self.dirty[record.id] = record
+            self.running[job_id] = Running(worker, attempt)
             starts.append(Dispatch(worker, record, attempt))
         return starts
 
@@ -202,7 +265,9 @@ class SchedulerCore:
         record = self.jobs[job_id]
         if result.get("status") == "succeeded":
             return self._close(record, JobState.SUCCEEDED, result, None)
-        return self._attempt_failed(record, result, result.get("error") or result.get("status", "failed"))
+        error = result.get("error") or result.get("status", "failed")
+        # An outcome a retry cannot change (an SQL syntax error, an HTTP 404) ends the job now.
+        return self._attempt_failed(record, result, error, final=result.get("retryable") is False)
 
     def abandon(self, job_id: str, error: str) -> Outcome | None:
         """The attempt running ``job_id`` is lost (its worker crashed or hung)."""
@@ -239,14 +304,15 @@ class SchedulerCore:
         self._close(record, JobState.CANCELLED, None, "cancelled")
         return True, run.cancel if run else None
 
-    def _attempt_failed(self, record: JobRecord, result: dict[str, Any] | None, error: str) -> Outcome:
+    def _attempt_failed(self, record: JobRecord, result: dict[str, Any] | None, error: str,
+                        final: bool = False) -> Outcome:
         now = self.wall()
         record.attempts[-1].update(finished_at=now, status="failed", error=error)
         if result is not None:
             record.result = result
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
         retries_used = len(record.attempts) - 1
-        if retries_used >= limit:
+        if final or retries_used >= limit:
             return self._close(record, JobState.FAILED, result, error)
         policy = self.policies.get(record.script_id, RetryPolicy())
         delay = policy.delay(retries_used + 1)
@@ -254,7 +320,7 @@ class SchedulerCore:
         record.error = error
         record.not_before = now + delay
         record.updated_at = now
-        self.store.update(record)
+        self.dirty[record.id] = record
         self._waiting_retry.add(record.id)
         return Outcome(JobState.RETRYING, delay)
 
@@ -272,6 +338,6 @@ class SchedulerCore:
             record.result = result
         record.error = error
         record.updated_at = now
-        self.store.update(record)
+        self.dirty[record.id] = record
         del self.jobs[record.id]
         return Outcome(state, record=record)

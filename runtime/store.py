@@ -144,6 +144,7 @@ class JobStore(Protocol):
     def add_many(self, records: Iterable[JobRecord]) -> None: ...
     def update(self, record: JobRecord) -> None: ...
     def update_many(self, records: Iterable[JobRecord]) -> None: ...
+    def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None: ...
     def get(self, job_id: str) -> JobRecord | None: ...
     def unfinished(self) -> list[JobRecord]: ...
     def counts(self) -> dict[str, int]: ...
@@ -201,32 +202,32 @@ class MemoryStore:
 
     def add_many(self, records: Iterable[JobRecord]) -> None:
         """Store new records, all or none."""
-        self._check_open()
-        batch = list(records)
-        ids = [r.id for r in batch]
-        seen: set[str] = set()
-        for job_id in ids:
-            if job_id in self._rows or job_id in seen:
-                raise StoreError(f"job store {self.where}: job {job_id} already exists")
-            seen.add(job_id)
-        for record in batch:
-            self._seq.assign(record)
-        rows = [(r.state, r.priority, r.seq, _encode(r, self.where)) for r in batch]
-        self._rows.update(zip(ids, rows))
+        self.write(added=records)
 
     def update(self, record: JobRecord) -> None:
         """Overwrite a stored record with ``record``."""
-        self.update_many([record])
+        self.write(updated=[record])
 
     def update_many(self, records: Iterable[JobRecord]) -> None:
         """Overwrite stored records, all or none."""
+        self.write(updated=records)
+
+    def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None:
+        """Store new records and overwrite known ones, all or none."""
         self._check_open()
-        batch = list(records)
-        missing = [r.id for r in batch if r.id not in self._rows]
+        new, changed = list(added), list(updated)
+        seen: set[str] = set()
+        for record in new:
+            if record.id in self._rows or record.id in seen:
+                raise StoreError(f"job store {self.where}: job {record.id} already exists")
+            seen.add(record.id)
+        missing = [r.id for r in changed if r.id not in self._rows and r.id not in seen]
         if missing:
             raise StoreError(f"job store {self.where}: unknown job(s) {', '.join(missing)}")
-        rows = [(r.state, r.priority, r.seq, _encode(r, self.where)) for r in batch]
-        self._rows.update(zip((r.id for r in batch), rows))
+        for record in new:
+            self._seq.assign(record)
+        rows = [(r.id, (r.state, r.priority, r.seq, _encode(r, self.where))) for r in new + changed]
+        self._rows.update(rows)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The stored record, or ``None``."""
@@ -362,12 +363,7 @@ class SqliteStore:
 
     def add_many(self, records: Iterable[JobRecord]) -> None:
         """Insert new records in one transaction (one commit), all or none."""
-        batch = list(records)
-        for record in batch:
-            self._seq.assign(record)
-        rows = [self._row(r, _encode(r, self.path)) for r in batch]
-        with self._transaction(f"adding {len(rows)} jobs") as conn:
-            conn.executemany(_INSERT, rows)
+        self.write(added=records)
 
     def update(self, record: JobRecord) -> None:
         """Overwrite a stored record, committed on return."""
@@ -378,13 +374,22 @@ class SqliteStore:
 
     def update_many(self, records: Iterable[JobRecord]) -> None:
         """Overwrite stored records in one transaction (one commit), all or none."""
-        batch = list(records)
-        rows = [self._row(r, _encode(r, self.path)) for r in batch]
-        with self._transaction(f"updating {len(rows)} jobs") as conn:
-            changed = conn.executemany(_UPDATE, rows).rowcount
-            if changed != len(rows):
+        self.write(updated=records)
+
+    def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None:
+        """Insert new records and overwrite known ones in one transaction (one commit),
+        all or none: the scheduler's group commit."""
+        new, changed = list(added), list(updated)
+        for record in new:
+            self._seq.assign(record)
+        inserts = [self._row(r, _encode(r, self.path)) for r in new]
+        updates = [self._row(r, _encode(r, self.path)) for r in changed]
+        with self._transaction(f"writing {len(inserts) + len(updates)} jobs") as conn:
+            if inserts:
+                conn.executemany(_INSERT, inserts)
+            if updates and conn.executemany(_UPDATE, updates).rowcount != len(updates):
                 known = {i for (i,) in conn.execute("SELECT id FROM jobs")}  # rare path
-                missing = ", ".join(r.id for r in batch if r.id not in known) or "duplicates"
+                missing = ", ".join(r.id for r in changed if r.id not in known) or "duplicates"
                 raise StoreError(f"job store {self.path}: unknown job(s) {missing}")
 
     def get(self, job_id: str) -> JobRecord | None:
@@ -420,8 +425,12 @@ _INSERT = "INSERT INTO jobs (state, priority, seq, data, updated_at, id) VALUES 
 _UPDATE = "UPDATE jobs SET state = ?, priority = ?, seq = ?, data = ?, updated_at = ? WHERE id = ?"
 
 
-def recover(store: JobStore) -> list[JobRecord]:
+def recover(store: JobStore, live: Mapping[str, int] | None = None) -> list[JobRecord]:
     """Start-up after a crash: the jobs that were running become retrying.
+
+    ``live`` maps the ids of jobs whose attempt is known to be still running (on a
+    worker that outlived a scheduler restart) to that attempt's number; a running
+    record with exactly that attempt is left running for the caller to adopt.
 
     Each interrupted job's open attempt (appended if the record has none) is
     closed with ``INTERRUPTED_ERROR`` and status ``"interrupted"``; it counts as an
@@ -434,7 +443,8 @@ def recover(store: JobStore) -> list[JobRecord]:
     """
     now = time.time()
     pending = store.unfinished()
-    interrupted = [r for r in pending if r.state is JobState.RUNNING]
+    live = live or {}
+    interrupted = [r for r in pending if r.state is JobState.RUNNING and live.get(r.id) != len(r.attempts)]
     for record in interrupted:
         last = record.attempts[-1] if record.attempts else None
         if last is None or last.get("finished_at") is not None:

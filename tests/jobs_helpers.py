@@ -76,6 +76,13 @@ def block(name: str, token: str = "", limit: float = 30.0) -> str:
     return name
 
 
+def block_then_report(name: str, progress: Any) -> str:
+    """``block``, then report progress once the gate opens."""
+    block(name)
+    progress(0.5, f"{name} released")
+    return name
+
+
 def hang_once(name: str) -> str:
     """The first call with ``name`` blocks until ``release(name)``; later ones return at once."""
     ATTEMPTS[name] += 1

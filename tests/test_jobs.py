@@ -60,6 +60,7 @@ SCRIPTS = [
     py("flaky_fixed", "flaky", {"key": STR, "failures": {"type": "integer", "required": True}},
        retry_backoff={"min": 0.5, "max": 0.5}),
     py("report", "report", {"token": STR}),
+    py("block_then_report", "block_then_report", {"name": STR}),
     py("maybe_block", "maybe_block", {"n": {"type": "integer", "required": True}}),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
     {"id": "sleeper", "command": [PY, "-c", REPORT_PID_AND_SLEEP], "timeout": 30, "max_retries": 0},
@@ -520,8 +521,6 @@ def _restart_scheduler_during(rt: Runtime, name: str) -> str:
     return job
 
 
-@pytest.mark.xfail(strict=True, reason="when_done waiters (and progress callbacks) live in the "
-                                       "SchedulerActor instance and are lost when it restarts")
 def test_a_completion_waiter_survives_a_scheduler_restart(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
@@ -536,8 +535,6 @@ def test_a_completion_waiter_survives_a_scheduler_restart(
     assert done.wait(2), "the when_done callback registered before the restart was never called"
 
 
-@pytest.mark.xfail(strict=True, reason="a restarted scheduler marks the jobs its live workers are still "
-                                       "running as interrupted and starts them again on another worker")
 def test_a_scheduler_restart_does_not_run_a_running_job_twice(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
@@ -549,6 +546,48 @@ def test_a_scheduler_restart_does_not_run_a_running_job_twice(
     wait_until(lambda: status_of(rt, job) == "succeeded", message="job did not finish after the restart")
     wait_until(lambda: rt.queue_stats()["idle_workers"] == 2, message="workers not idle again")
     assert helpers.CALLS == ["twice"], f"the job body ran {len(helpers.CALLS)} times"
+
+
+def test_progress_callbacks_and_on_done_survive_a_scheduler_restart(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=1, backoff_min=0.001, backoff_max=0.01, **quiet())
+    seen: list[tuple[str, float, str]] = []
+    done = threading.Event()
+    job = rt.submit("block_then_report", {"name": "p"}, callback=lambda *event: seen.append(event),
+                    on_done=lambda _status: done.set())
+    assert helpers.started("p").wait(5)
+    old = inject_fault(rt, "scheduler")
+    wait_until(lambda: replaced(rt, "scheduler", old), message="scheduler not restarted")
+    helpers.release("p")
+    assert done.wait(5), "on_done given to submit before the restart was never called"
+    assert seen == [(job, 0.5, "p released")]
+    assert [a["status"] for a in rt.status(job)["attempts"]] == ["succeeded"]
+
+
+def test_on_done_sees_a_final_state_that_is_already_in_the_store(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    store_dir = tmp_path / "store"
+    rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=2, **quiet())
+    stored: list[str] = []
+    finished = threading.Event()
+    reader = SqliteStore(store_dir)  # a second connection, as another process would read the file
+
+    def on_done(status: dict[str, Any]) -> None:
+        record = reader.get(status["job_id"])
+        stored.append(record.state.value if record else "missing")
+        if len(stored) == 50:
+            finished.set()
+
+    try:
+        for n in range(50):
+            rt.submit("record", {"token": f"t{n}"}, on_done=on_done)
+        assert finished.wait(10), f"only {len(stored)} of 50 on_done calls"
+    finally:
+        rt.stop()  # the reader is used on the callback thread until here
+        reader.close()
+    assert stored == ["succeeded"] * 50
 
 
 def test_a_restarted_worker_that_reports_ready_early_is_not_lost(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
@@ -20,10 +21,24 @@ class Wall:
         return self.now
 
 
-def make_core(max_retries: int = 3) -> tuple[SchedulerCore, MemoryStore, Wall]:
-    store = MemoryStore()
+class Flushed:
+    """The core's store as its readers see it once the core has flushed its pending writes."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.raw = store
+        self.core: SchedulerCore | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("get", "counts", "unfinished") and self.core is not None:
+            self.core.flush()
+        return getattr(self.raw, name)
+
+
+def make_core(max_retries: int = 3) -> tuple[SchedulerCore, Any, Wall]:
+    store = Flushed(MemoryStore())
     wall = Wall()
-    core = SchedulerCore(store, wall, max_retries)
+    core = SchedulerCore(store.raw, wall, max_retries)
+    store.core = core
     core.policies["s"] = RetryPolicy(1.0, 8.0, rng=lambda: 1.0)
     return core, store, wall
 
@@ -139,6 +154,17 @@ def test_failed_attempts_retry_after_the_backoff_until_the_limit() -> None:
     assert [(a["number"], a["status"], a["error"]) for a in stored.attempts] == [
         (1, "failed", "boom 1"), (2, "failed", "boom 2"), (3, "failed", "boom 3")]
     assert core.failed == 1 and core.completed == 0 and job not in core.jobs
+
+
+def test_a_result_marked_not_retryable_fails_the_job_at_once() -> None:
+    core, store, _ = make_core()
+    core.worker_ready("w0")
+    job = submit(core, max_retries=5)
+    core.dispatch()
+    outcome = core.finished(job, 1, {"status": "failed", "error": "syntax error", "retryable": False})
+    assert outcome is not None and outcome.state is JobState.FAILED
+    stored = store.get(job)
+    assert stored is not None and stored.error == "syntax error" and len(stored.attempts) == 1
 
 
 def test_default_retry_limit_applies_when_the_job_says_nothing() -> None:
@@ -295,6 +321,7 @@ def test_restore_of_an_interrupted_job_with_no_retries_left_fails_it() -> None:
     assert pending.state is JobState.RETRYING
     core = SchedulerCore(store, Wall(), 3)
     assert core.restore(pending) is JobState.FAILED
+    core.flush()
     stored = store.get(job)
     assert stored is not None and stored.state is JobState.FAILED
     assert stored.attempts[-1]["status"] == "interrupted"
@@ -302,6 +329,26 @@ def test_restore_of_an_interrupted_job_with_no_retries_left_fails_it() -> None:
     assert core.failed == 1 and job not in core.jobs
     core.worker_ready("w0")
     assert core.dispatch() == []
+
+
+def test_restore_keeps_a_retrying_job_waiting_out_its_backoff() -> None:
+    wall = Wall()
+    store = MemoryStore()
+    waiting, due = JobRecord.new("s", {}), JobRecord.new("s", {})
+    for record, not_before in ((waiting, wall.now + 30), (due, wall.now - 1)):
+        record.state = JobState.RETRYING
+        record.attempts.append({"number": 1, "started_at": 1.0, "finished_at": 2.0, "error": "x", "status": "failed"})
+        record.not_before = not_before
+    store.add_many([waiting, due])
+    core = SchedulerCore(store, wall, 3)
+    for record in recover(store):
+        assert core.restore(record) is JobState.RETRYING
+    assert core.retry_in(waiting.id) == 30 and core.retry_in(due.id) is None
+    core.worker_ready("w0")
+    core.worker_ready("w1")
+    assert [d.record.id for d in core.dispatch()] == [due.id]  # the other one waits for its timer
+    assert core.retry_due(waiting.id)
+    assert [d.record.id for d in core.dispatch()] == [waiting.id]
 
 
 def test_restore_counts_earlier_failures_against_the_limit() -> None:
@@ -341,6 +388,25 @@ def test_store_mirrors_every_change(priority: int) -> None:
     assert store.counts()["running"] == 1
     core.finished(job, 1, {"status": "succeeded"})
     assert store.counts()["succeeded"] == 1 and store.unfinished() == []
+
+
+def test_changes_wait_for_one_group_commit_but_a_submit_is_durable_at_once() -> None:
+    core, store, _ = make_core()
+    raw = store.raw
+    first = submit(core)
+    assert raw.counts()["queued"] == 1  # durable before submit returns
+    core.worker_ready("w0")
+    core.dispatch()
+    core.finished(first, 1, {"status": "succeeded"})
+    assert raw.counts()["queued"] == 1 and set(core.dirty) == {first}  # pending, written once
+    second = submit(core)  # the submit's transaction carries the pending change too
+    counts = raw.counts()
+    assert counts["succeeded"] == 1 and counts["queued"] == 1 and not core.dirty
+    core.dispatch()
+    assert raw.counts()["running"] == 0
+    core.flush()
+    assert raw.counts()["running"] == 1 and not core.dirty
+    assert raw.get(second) is not None
 
 
 def test_a_cancel_that_arrives_before_the_start_report_stops_the_attempt_when_it_reports() -> None:
