@@ -3,29 +3,52 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from runtime.executors import CommandExecution, ExecutionResult, run_python
-from runtime.messages import JobFinished, JobProgress, JobStarted, ReportReady, RunJob, WorkerReady
+from runtime.http_executor import HttpExecution
+from runtime.messages import JobFinished, JobProgress, JobStarted, PoolFigures, ReportReady, RunJob, WorkerReady
+from runtime.pools import ConnectionPools
+from runtime.python_process import PythonProcess
+from runtime.registry import Script
+from runtime.sql_executor import SqlExecution
 
-from actors.base import SupervisedActor
+from actors.base import ActorContext, SupervisedActor
 
 __all__ = ["WorkerActor"]
 
 logger = logging.getLogger(__name__)
 
 
+class _Execution(Protocol):
+    def run(self) -> ExecutionResult: ...
+    def cancel(self) -> None: ...
+
+
 class WorkerActor(SupervisedActor):
     """Takes ``RunJob`` and answers ``JobStarted``, ``JobProgress`` and ``JobFinished``.
 
     A worker runs its attempt inside its handler: the scheduler sends a job only
-    to an idle worker, so nothing waits behind it. A command attempt is cancelled
-    through the handle sent in ``JobStarted`` (it kills the process group), not
-    through this actor's inbox.
+    to an idle worker, so nothing waits behind it. An attempt is cancelled through
+    the handle sent in ``JobStarted`` (it kills the process group, aborts the HTTP
+    call or cancels the query), not through this actor's inbox.
+
+    Args:
+        context: the actor's context.
+        pools: the runtime's connection pools, used by ``http`` and ``sql`` scripts.
     """
+
+    def __init__(self, context: ActorContext, pools: ConnectionPools | None = None) -> None:
+        super().__init__(context)
+        self.pools = pools or ConnectionPools()
+        self._python_process: PythonProcess | None = None  # this worker's host for isolated python jobs
 
     def setup(self) -> None:
         self._ready()
+
+    def teardown(self) -> None:
+        if self._python_process is not None:
+            self._python_process.close()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RunJob):
@@ -47,12 +70,39 @@ class WorkerActor(SupervisedActor):
 
         script = job.script
         logger.debug("worker %s runs job %s attempt %d (%s)", self.name, job.job_id, job.attempt, script.id)
-        if script.kind == "command":
-            execution = CommandExecution(script, job.arguments, on_progress=progress)
+        if script.kind == "python" and script.options.get("isolation", "thread") == "thread":
+            result = run_python(script, job.arguments, progress)  # cancelled by its own checks only
+        else:
+            execution = self._execution(script, job.arguments, progress)
             directory.tell("scheduler", JobStarted(job.job_id, job.attempt, execution.cancel))
             result = execution.run()
-        elif script.kind == "python":
-            result = run_python(script, job.arguments, progress)
-        else:
-            result = ExecutionResult("failed", error=f"script {script.id!r}: kind {script.kind!r} cannot run yet")
+            if script.kind in ("http", "sql"):
+                directory.tell("stats", PoolFigures(self.pools.figures()))
         directory.tell("scheduler", JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn))
+
+    def _execution(self, script: Script, arguments: dict[str, Any], progress: Any) -> _Execution:
+        if script.kind == "command":
+            return CommandExecution(script, arguments, on_progress=progress)
+        if script.kind == "http":
+            return HttpExecution(script, arguments, self.pools.http, on_progress=progress)
+        if script.kind == "sql":
+            return SqlExecution(script, arguments, self.pools, on_progress=progress)
+        return _InProcess(self._host(), script, arguments, progress)
+
+    def _host(self) -> PythonProcess:
+        if self._python_process is None:
+            self._python_process = PythonProcess()
+        return self._python_process
+
+
+class _InProcess:
+    """One attempt of an isolated ``python`` script on this worker's host process."""
+
+    def __init__(self, host: PythonProcess, script: Script, arguments: dict[str, Any], progress: Any) -> None:
+        self._host, self._script, self._arguments, self._progress = host, script, arguments, progress
+
+    def run(self) -> ExecutionResult:
+        return self._host.run(self._script, self._arguments, self._progress)
+
+    def cancel(self) -> None:
+        self._host.cancel()  # affects only the run in progress

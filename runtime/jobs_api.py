@@ -14,6 +14,7 @@ from typing import Any
 from runtime.aio import run_blocking, wait_job
 from runtime.api import RegistryCache
 from runtime.errors import ConfigError
+from runtime.pools import ConnectionPools
 from runtime.runtime import Runtime
 
 __all__ = ["JobPriority", "JobQueue", "ToolExecutionService", "init_queue"]
@@ -102,7 +103,10 @@ class ToolExecutionService:
         self._settings = dict(settings, max_retries=max_retries, cache_size=1 if not enable_cache else cache_size)
         self._registry_path = registry_path
         self.enable_async = enable_async
-        self.runtime = Runtime.start(registry_path, **self._settings)
+        #: Database and HTTP pools of ``sql`` and ``http`` scripts:
+        #: ``tes.connection_pool.init_postgres_pool(host=..., database=..., minconn=1, maxconn=20)``.
+        self.connection_pool = ConnectionPools()
+        self.runtime = Runtime.start(registry_path, pools=self.connection_pool, **self._settings)
         self.cache = RegistryCache(self.runtime)
         self.queue = JobQueue(self.runtime)
 
@@ -116,7 +120,7 @@ class ToolExecutionService:
             def restart() -> None:
                 self.runtime.stop()
                 self._settings["job_concurrency"] = concurrency_limit
-                self.runtime = Runtime.start(self._registry_path, **self._settings)
+                self.runtime = Runtime.start(self._registry_path, pools=self.connection_pool, **self._settings)
 
             await run_blocking(restart)
             self.cache = RegistryCache(self.runtime)
@@ -150,6 +154,7 @@ class ToolExecutionService:
 
     def close(self) -> None:
         self.runtime.stop()
+        self.connection_pool.close()
 
     def __enter__(self) -> ToolExecutionService:
         return self

@@ -18,6 +18,7 @@ __all__ = [
     "JobFinished",
     "JobProgress",
     "JobStarted",
+    "PoolFigures",
     "ReplaceChild",
     "ReportReady",
     "RetryDue",
@@ -186,6 +187,14 @@ class DeadlinePassed:
 @dataclass(frozen=True, slots=True)
 class JobFigures:
     """SchedulerActor → StatsActor: the queue's figures as they are now."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolFigures:
+    """WorkerActor → StatsActor: the connection pools' figures after an ``http``/``sql`` attempt
+    (``ConnectionPools.figures()``: no credentials in them)."""
 
     figures: dict[str, Any] = field(default_factory=dict)
 

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from runtime.errors import RegistryError
 
 __all__ = [
+    "ARGUMENT_PLACEHOLDER",
     "ARGUMENT_TYPES",
+    "DEFAULT_BODY_CAP",
+    "DEFAULT_MAX_ROWS",
+    "HEADER_PLACEHOLDER",
+    "HTTP_METHODS",
+    "PYTHON_ISOLATIONS",
+    "SQL_PLACEHOLDER",
     "ArgumentSpec",
     "FileStamp",
     "Registry",
@@ -37,8 +46,25 @@ ARGUMENT_TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
 }
 
+#: HTTP methods an ``http`` script may use.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+#: Bytes of an HTTP response body kept by default (``body_cap``).
+DEFAULT_BODY_CAP = 1 << 20
+#: Rows of a result set kept by default (``max_rows``).
+DEFAULT_MAX_ROWS = 1000
+#: How a ``python`` script may be isolated from the runtime.
+PYTHON_ISOLATIONS = ("thread", "process")
+
 _KINDS = ("command", "python", "http", "sql")
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+#: ``{name}``: an argument placeholder (URL and header templates).
+ARGUMENT_PLACEHOLDER = re.compile(r"\{(" + _NAME + r")\}")
+#: ``${NAME}``: an environment reference (header templates), or ``{name}``.
+HEADER_PLACEHOLDER = re.compile(r"\$\{(" + _NAME + r")\}|\{(" + _NAME + r")\}")
+#: psycopg2's pyformat: ``%(name)s``, ``%%``, or any other ``%`` (an error).
+SQL_PLACEHOLDER = re.compile(r"%\((" + _NAME + r")\)s|%%|%")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +104,11 @@ class Script:
         max_retries: attempts after the first one that failed (``None``: the runtime's default).
         folder: the registry's folder.
         options: every other field of the entry, kept for the kinds that need them.
+            The fields of the ``http``, ``sql`` and ``python`` kinds are there
+            validated, normalised and with their defaults: ``http``: ``method``
+            (upper case), ``url``, ``headers`` (read-only mapping),
+            ``success_statuses`` (sorted tuple), ``body_cap``; ``sql``:
+            ``query``, ``pool``, ``readonly``, ``max_rows``; ``python``: ``isolation``.
     """
 
     id: str
@@ -200,6 +231,121 @@ def _parse_command(check: _Checker, folder: Path) -> tuple[str, ...]:
     return (program, *command[1:])
 
 
+def _positive_int(check: _Checker, name: str, default: int) -> int:
+    value: int = check.get(name, int, default, "a positive integer")
+    if value <= 0:
+        raise check.fail(name, f"must be positive, got {value}")
+    return value
+
+
+def _check_placeholder(check: _Checker, field_name: str, name: str, arguments: Mapping[str, ArgumentSpec],
+                       *, scalar: bool) -> None:
+    """A template placeholder must name an argument that always has a value a template can hold."""
+    spec = arguments.get(name)
+    if spec is None:
+        raise check.fail(field_name, f"placeholder {{{name}}} names no declared argument "
+                                     f"(declared: {', '.join(arguments) or 'none'})")
+    if scalar and spec.type in ("object", "array"):
+        raise check.fail(field_name, f"placeholder {{{name}}} names an argument of type {spec.type}; "
+                                     "use a string, integer, number or boolean")
+    if scalar and not spec.required and spec.default is None:
+        raise check.fail(field_name, f"placeholder {{{name}}} names an optional argument without a default")
+
+
+def _no_stray_braces(check: _Checker, field_name: str, rest: str) -> None:
+    if "{" in rest or "}" in rest:
+        raise check.fail(field_name, "stray '{' or '}'; a placeholder is {name}, name a declared argument")
+
+
+def _parse_url(check: _Checker, arguments: Mapping[str, ArgumentSpec]) -> str:
+    url = check.get("url", str, None, "a string")
+    if url is None:
+        raise check.fail("url", "missing (an http script needs one)")
+    _no_stray_braces(check, "url", ARGUMENT_PLACEHOLDER.sub("", url))
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise check.fail("url", f"not a valid URL: {e}") from e
+    # The registry, not a job's arguments, decides which server is called.
+    if "{" in parts.scheme + parts.netloc:
+        raise check.fail("url", "placeholders may not be in the scheme or host; use them in the path or query")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as e:
+        raise check.fail("url", f"not a valid URL: {e}") from e
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise check.fail("url", "must be an absolute http:// or https:// URL with a host")
+    for match in ARGUMENT_PLACEHOLDER.finditer(url):
+        _check_placeholder(check, "url", match.group(1), arguments, scalar=True)
+    return url
+
+
+def _parse_headers(check: _Checker, arguments: Mapping[str, ArgumentSpec]) -> Mapping[str, str]:
+    headers = check.get("headers", dict, {}, "an object of header name -> value")
+    for name, value in headers.items():
+        field_name = f"headers.{name}"
+        if not _HEADER_NAME.fullmatch(name):
+            raise check.fail(field_name, "not a valid header name")
+        if not isinstance(value, str):
+            raise check.fail(field_name, f"must be a string, got {_json_type(value)}")
+        if "\r" in value or "\n" in value:
+            raise check.fail(field_name, "must not contain a line break")
+        _no_stray_braces(check, field_name, HEADER_PLACEHOLDER.sub("", value))
+        for match in HEADER_PLACEHOLDER.finditer(value):
+            if match.group(2) is not None:
+                _check_placeholder(check, field_name, match.group(2), arguments, scalar=True)
+    return MappingProxyType(dict(headers))
+
+
+def _parse_http(check: _Checker, arguments: Mapping[str, ArgumentSpec]) -> dict[str, Any]:
+    method = check.get("method", str, "GET", "a string").upper()
+    if method not in HTTP_METHODS:
+        raise check.fail("method", f"unknown method {method!r}; use one of {', '.join(HTTP_METHODS)}")
+    statuses = check.get("success_statuses", list, None, "an array of HTTP status codes")
+    if statuses is None:
+        statuses = range(200, 300)
+    elif not statuses or not all(type(code) is int and 100 <= code <= 599 for code in statuses):
+        raise check.fail("success_statuses", "must be a non-empty array of integers from 100 to 599")
+    return {"method": method, "url": _parse_url(check, arguments), "headers": _parse_headers(check, arguments),
+            "success_statuses": tuple(sorted(set(statuses))), "body_cap": _positive_int(check, "body_cap", DEFAULT_BODY_CAP)}
+
+
+def _parse_sql(check: _Checker, arguments: Mapping[str, ArgumentSpec]) -> dict[str, Any]:
+    query = check.get("query", str, None, "a string")
+    if query is None or not query.strip():
+        raise check.fail("query", "missing or empty (an sql script needs one)")
+    for match in SQL_PLACEHOLDER.finditer(query):
+        name = match.group(1)
+        if match.group(0) == "%":
+            raise check.fail("query", "stray '%': a parameter is %(name)s, a literal % is written %%")
+        if name is not None and name not in arguments:
+            raise check.fail("query", f"parameter %({name})s names no declared argument "
+                                      f"(declared: {', '.join(arguments) or 'none'})")
+    pool = check.get("pool", str, "default", "a string")
+    if not pool.strip():
+        raise check.fail("pool", "must be a non-empty pool name")
+    return {"query": query, "pool": pool, "readonly": check.get("readonly", bool, True, "a boolean"),
+            "max_rows": _positive_int(check, "max_rows", DEFAULT_MAX_ROWS)}
+
+
+def _parse_python(check: _Checker) -> dict[str, Any]:
+    isolation = check.get("isolation", str, "thread", "a string")
+    if isolation not in PYTHON_ISOLATIONS:
+        raise check.fail("isolation", f"unknown isolation {isolation!r}; use one of {', '.join(PYTHON_ISOLATIONS)}")
+    return {"isolation": isolation}
+
+
+def _parse_kind_options(check: _Checker, kind: str, arguments: Mapping[str, ArgumentSpec]) -> dict[str, Any]:
+    """The fields a kind's executor reads, validated, normalised and with their defaults filled in."""
+    if kind == "http":
+        return _parse_http(check, arguments)
+    if kind == "sql":
+        return _parse_sql(check, arguments)
+    if kind == "python":
+        return _parse_python(check)
+    return {}
+
+
 def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script:
     where = f"script #{position + 1}"
     if not isinstance(entry, dict):
@@ -220,17 +366,20 @@ def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script
     max_retries = check.get("max_retries", int, None, "an integer")
     if max_retries is not None and max_retries < 0:
         raise check.fail("max_retries", f"must be 0 or more, got {max_retries}")
+    arguments = _parse_arguments(check)
     known = {"id", "kind", "command", "description", "arguments", "timeout", "max_retries"}
+    options = {k: v for k, v in entry.items() if k not in known}
+    options.update(_parse_kind_options(check, kind, arguments))
     return Script(
         id=script_id,
         kind=kind,
         command=command,
         description=check.get("description", str, "", "a string"),
-        arguments=_parse_arguments(check),
+        arguments=arguments,
         timeout=float(timeout),
         max_retries=max_retries,
         folder=str(folder),
-        options=MappingProxyType({k: v for k, v in entry.items() if k not in known}),
+        options=MappingProxyType(options),
     )
 
 

@@ -21,6 +21,7 @@ from runtime.config import Settings, load_settings
 from runtime.errors import InvalidArguments, JobNotFound, RuntimeStopped, SupervisorEscalated
 from runtime.executors import validate_arguments
 from runtime.messages import InjectFault
+from runtime.pools import ConnectionPools
 from runtime.registry import Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView
 from runtime.scheduling import SchedulerMemory
@@ -53,8 +54,11 @@ class Runtime:
     def __init__(self, settings: Settings, clock: Clock | None = None,
                  inotify_factory: Callable[..., Any] | None = None,
                  store_factory: Callable[[], JobStore] | None = None,
-                 retry_rng: Callable[[], float] | None = None) -> None:
+                 retry_rng: Callable[[], float] | None = None, pools: ConnectionPools | None = None) -> None:
         self.settings = settings
+        #: The connection pools of ``http`` and ``sql`` scripts (closed by ``stop`` unless given).
+        self.pools = pools if pools is not None else ConnectionPools()
+        self._owns_pools = pools is None
         self.clock: Clock = clock or SystemClock()
         self._owns_clock = clock is None
         self.directory = Directory()
@@ -85,6 +89,7 @@ class Runtime:
         inotify_factory: Callable[..., Any] | None = None,
         store_factory: Callable[[], JobStore] | None = None,
         retry_rng: Callable[[], float] | None = None,
+        pools: ConnectionPools | None = None,
         **settings: Any,
     ) -> Runtime:
         """Build and start the actor tree.
@@ -97,6 +102,8 @@ class Runtime:
             store_factory: opens the job store (default: SQLite under ``job_storage_path``;
                 ``runtime.store.MemoryStore`` keeps nothing on disk).
             retry_rng: jitter source of the job retry backoff (tests fix it).
+            pools: connection pools to share (the caller keeps and closes them);
+                by default the runtime makes its own, reachable as ``rt.pools``.
             **settings: any field of :class:`~runtime.config.Settings`.
 
         Raises:
@@ -107,7 +114,7 @@ class Runtime:
         resolved = load_settings(env, registry_path=registry_path, **settings)
         resolved = _absolute_registry(resolved)
         load_registry(resolved.registry_path)  # a bad registry is the user's error: say it now
-        runtime = cls(resolved, clock, inotify_factory, store_factory, retry_rng)
+        runtime = cls(resolved, clock, inotify_factory, store_factory, retry_rng, pools)
         runtime._start()
         return runtime
 
@@ -147,9 +154,8 @@ class Runtime:
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
-    @staticmethod
-    def _worker_spec(name: str, context: Callable[[str], ActorContext]) -> ChildSpec:
-        return ChildSpec(name, lambda: WorkerActor.start(context(name)))
+    def _worker_spec(self, name: str, context: Callable[[str], ActorContext]) -> ChildSpec:
+        return ChildSpec(name, lambda: WorkerActor.start(context(name), self.pools))
 
     def _escalated(self, text: str) -> None:
         # Called on the supervisor's thread: record, then clean up from another thread
@@ -185,6 +191,8 @@ class Runtime:
             for name in self.directory.names():
                 self.directory.set(name, None)
             self._scheduler_memory.close()  # a scheduler that failed for good left it open
+            if self._owns_pools:
+                self.pools.close()
             if self._owns_clock:
                 self.clock.close()
             self.callbacks.close()
@@ -321,6 +329,7 @@ class Runtime:
         Raises:
             ScriptNotFound: no such script (nothing is queued).
             InvalidArguments: the arguments do not fit the script (nothing is queued).
+            PoolError: an ``sql`` script's database pool does not exist (nothing is queued).
         """
         level = _priority(priority)
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
@@ -328,6 +337,8 @@ class Runtime:
             raise InvalidArguments(f"max_retries must be an integer >= 0, got {max_retries!r}")
         script = self.script(script_id)
         values = validate_arguments(script, arguments)
+        if script.kind == "sql":
+            self.pools.postgres(script.options.get("pool", "default"))  # no such pool: say so now
         return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
                    .get(timeout=self.settings.ask_timeout))
 

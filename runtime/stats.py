@@ -10,6 +10,7 @@ from runtime.messages import (
     CacheFigures,
     ChildRestarted,
     JobFigures,
+    PoolFigures,
     RegistryLoaded,
     RegistryRejected,
     WatcherStarted,
@@ -29,6 +30,7 @@ class StatsAccumulator:
         self.registry: dict[str, Any] = {"reloads": 0, "errors": 0, "last_error": None, "scripts": None}
         self.watcher: dict[str, Any] = {"backend": None, "reason": ""}
         self.jobs: dict[str, Any] = {}
+        self.pools: dict[str, Any] = {}
 
     def apply(self, event: Any) -> bool:
         """Fold one event in; ``False`` when the event is not a stats event."""
@@ -47,6 +49,8 @@ class StatsAccumulator:
             self.registry["last_error"] = event.error
         elif isinstance(event, JobFigures):
             self.jobs = dict(event.figures)
+        elif isinstance(event, PoolFigures):
+            self.pools = dict(event.figures)
         elif isinstance(event, WatcherStarted):
             self.watcher = {"backend": event.backend, "reason": event.reason}
         else:
@@ -69,4 +73,5 @@ class StatsAccumulator:
             "registry": dict(self.registry),
             "watcher": dict(self.watcher),
             "jobs": dict(self.jobs),
+            "pools": dict(self.pools),
         }

@@ -33,6 +33,7 @@ __all__ = [
     "inject_fault",
     "no_leaked_actors",
     "registry_file",
+    "require_service",
     "runtime",
     "sample_scripts",
     "start_runtime",
@@ -57,6 +58,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() >= deadline:
             raise AssertionError(message or f"condition not met within {timeout} s: {predicate!r}")
         pause.wait(interval)
+
+
+def require_service(what: str, problem: object) -> None:
+    """A service a test needs (PostgreSQL, Redis) is unreachable: skip the test with the
+    reason, except under CI (``CI=true``), where a missing service is a failure."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is required under CI: {problem}")
+    pytest.skip(f"{what} unreachable: {problem}")
 
 
 def inject_fault(runtime: Runtime, name: str, reason: str = "injected fault", exit: bool = False) -> str:

@@ -71,3 +71,82 @@ def test_unreadable_file_is_a_registry_error(tmp_path: Path) -> None:
 def test_example_registry_is_valid() -> None:
     registry = load_registry(Path(__file__).parent.parent / "examples" / "registry.json")
     assert {"greet", "word-count", "flaky"} <= set(registry)
+
+
+def test_http_sql_python_options_normalised_with_defaults() -> None:
+    registry = _parse(
+        {"id": "h", "kind": "http", "url": "https://api.example/items/{id}?q={q}",
+         "arguments": {"id": {"type": "integer", "required": True}, "q": {"type": "string", "default": "x"}},
+         "headers": {"Authorization": "Bearer ${API_TOKEN}", "X-Item": "{id}"}},
+        {"id": "h2", "kind": "http", "method": "post", "url": "http://127.0.0.1:8080/", "success_statuses": [201, 200, 201],
+         "body_cap": 10},
+        {"id": "q", "kind": "sql", "query": "SELECT %(a)s::int, 5 %% 3", "arguments": {"a": {"type": "integer"}}},
+        {"id": "w", "kind": "sql", "query": "DELETE FROM t", "pool": "reports", "readonly": False, "max_rows": 5},
+        {"id": "p", "kind": "python", "callable": "m:f"},
+        {"id": "pp", "kind": "python", "callable": "m:f", "isolation": "process"},
+    )
+    h = registry["h"].options
+    assert h["method"] == "GET" and h["url"] == "https://api.example/items/{id}?q={q}"
+    assert dict(h["headers"]) == {"Authorization": "Bearer ${API_TOKEN}", "X-Item": "{id}"}
+    assert h["success_statuses"] == tuple(range(200, 300)) and h["body_cap"] == 1 << 20
+    h2 = registry["h2"].options
+    assert h2["method"] == "POST" and h2["success_statuses"] == (200, 201) and h2["body_cap"] == 10
+    assert dict(h2["headers"]) == {}
+    assert dict(registry["q"].options) == {"query": "SELECT %(a)s::int, 5 %% 3", "pool": "default", "readonly": True,
+                                           "max_rows": 1000}
+    assert dict(registry["w"].options) == {"query": "DELETE FROM t", "pool": "reports", "readonly": False, "max_rows": 5}
+    assert dict(registry["p"].options) == {"callable": "m:f", "isolation": "thread"}
+    assert registry["pp"].options["isolation"] == "process"
+
+
+_ARGS = {"id": {"type": "string", "required": True}, "opt": {"type": "string"}, "obj": {"type": "object", "default": {}}}
+
+
+@pytest.mark.parametrize(
+    ("entry", "needle"),
+    [
+        ({"kind": "http"}, "field 'url': missing"),
+        ({"kind": "http", "url": 5}, "field 'url': must be a string, got an integer"),
+        ({"kind": "http", "url": "ftp://host/x"}, "field 'url': must be an absolute http:// or https:// URL"),
+        ({"kind": "http", "url": "/relative"}, "field 'url': must be an absolute http:// or https:// URL"),
+        ({"kind": "http", "url": "http://h/{nope}"}, "field 'url': placeholder {nope} names no declared argument"),
+        ({"kind": "http", "url": "http://h/{id"}, "field 'url': stray '{' or '}'"),
+        ({"kind": "http", "url": "http://{id}/x"}, "field 'url': placeholders may not be in the scheme or host"),
+        ({"kind": "http", "url": "http://h:99999/x"}, "field 'url': not a valid URL: Port out of range"),
+        ({"kind": "http", "url": "http://[::1/x"}, "field 'url': not a valid URL"),
+        ({"kind": "http", "url": "http://h/{opt}"}, "placeholder {opt} names an optional argument without a default"),
+        ({"kind": "http", "url": "http://h/{obj}"}, "placeholder {obj} names an argument of type object"),
+        ({"kind": "http", "url": "http://h/", "method": "FETCH"}, "field 'method': unknown method 'FETCH'"),
+        ({"kind": "http", "url": "http://h/", "method": 1}, "field 'method': must be a string"),
+        ({"kind": "http", "url": "http://h/", "headers": []}, "field 'headers': must be an object"),
+        ({"kind": "http", "url": "http://h/", "headers": {"X": 1}}, "field 'headers.X': must be a string, got an integer"),
+        ({"kind": "http", "url": "http://h/", "headers": {"X Y": "v"}}, "field 'headers.X Y': not a valid header name"),
+        ({"kind": "http", "url": "http://h/", "headers": {"X": "a\r\nB: c"}}, "field 'headers.X': must not contain a line break"),
+        ({"kind": "http", "url": "http://h/", "headers": {"X": "{who}"}}, "field 'headers.X': placeholder {who} names no"),
+        ({"kind": "http", "url": "http://h/", "headers": {"X": "${1BAD}"}}, "field 'headers.X': stray '{' or '}'"),
+        ({"kind": "http", "url": "http://h/", "success_statuses": []}, "field 'success_statuses': must be a non-empty array"),
+        ({"kind": "http", "url": "http://h/", "success_statuses": [200, 600]}, "integers from 100 to 599"),
+        ({"kind": "http", "url": "http://h/", "success_statuses": [True]}, "integers from 100 to 599"),
+        ({"kind": "http", "url": "http://h/", "success_statuses": 200}, "field 'success_statuses': must be an array"),
+        ({"kind": "http", "url": "http://h/", "body_cap": 0}, "field 'body_cap': must be positive, got 0"),
+        ({"kind": "http", "url": "http://h/", "body_cap": 1.5}, "field 'body_cap': must be a positive integer, got a number"),
+        ({"kind": "sql"}, "field 'query': missing or empty"),
+        ({"kind": "sql", "query": "  "}, "field 'query': missing or empty"),
+        ({"kind": "sql", "query": ["SELECT 1"]}, "field 'query': must be a string, got an array"),
+        ({"kind": "sql", "query": "SELECT %(who)s"}, "field 'query': parameter %(who)s names no declared argument"),
+        ({"kind": "sql", "query": "SELECT %s"}, "field 'query': stray '%'"),
+        ({"kind": "sql", "query": "SELECT 5 % 3"}, "a literal % is written %%"),
+        ({"kind": "sql", "query": "SELECT 1", "pool": ""}, "field 'pool': must be a non-empty pool name"),
+        ({"kind": "sql", "query": "SELECT 1", "pool": 3}, "field 'pool': must be a string"),
+        ({"kind": "sql", "query": "SELECT 1", "readonly": "no"}, "field 'readonly': must be a boolean, got a string"),
+        ({"kind": "sql", "query": "SELECT 1", "max_rows": -1}, "field 'max_rows': must be positive, got -1"),
+        ({"kind": "sql", "query": "SELECT 1", "max_rows": False}, "field 'max_rows': must be a positive integer, got a boolean"),
+        ({"kind": "python", "callable": "m:f", "isolation": "fork"}, "field 'isolation': unknown isolation 'fork'"),
+        ({"kind": "python", "callable": "m:f", "isolation": None}, "field 'isolation': must be a string, got null"),
+    ],
+)
+def test_kind_option_errors_name_file_script_and_field(entry: dict[str, Any], needle: str) -> None:
+    with pytest.raises(RegistryError) as info:
+        _parse({"id": "k", "arguments": _ARGS, **entry})
+    assert str(info.value).startswith("/srv/reg/registry.json: script 'k' (#1), field ")
+    assert needle in str(info.value)

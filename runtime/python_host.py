@@ -1,0 +1,174 @@
+"""The child side of ``"isolation": "process"``: runs ``python`` scripts in a process of its own.
+
+Started by :class:`runtime.python_process.PythonProcess`, which first gives the child its
+own ``sys.path`` so that it imports what the parent would (``python -m runtime.python_host``
+works too, with the default path). Reused for job after job, so the interpreter's start-up
+is paid once; a CPU-bound job holds this process's GIL, not the runtime's.
+
+Protocol: JSON lines, one request at a time (never pickle: serialisation is JSON).
+
+- out, once at start: ``{"ready": true}`` (start-up is over; it is not a job's time).
+- in, on stdin: ``{"script": "<id>", "callable": "pkg.mod:fn", "arguments": {...}}``
+- out, on stdout, per request: any number of ``{"progress": [fraction, message]}``, then
+  exactly one ``{"status": "succeeded", "value": ...}`` or ``{"status": "failed", "error": "..."}``.
+  An exception (any, even ``SystemExit``: nothing a job does may end the host) is a failed
+  result with its type and message; its traceback goes to stderr.
+
+The callable is loaded and called by the same rules as ``run_python`` (its loader is
+reused), so a script behaves the same in either isolation. End of stdin ends the host.
+
+User code must not be able to corrupt the protocol, so the protocol moves to private
+descriptors (dups, not inherited by the job's own children) before any job runs: fd 0
+becomes ``/dev/null`` and fd 1 a copy of fd 2, so ``print``, ``os.write(1, ...)`` and
+child processes of the job all land on stderr, which the host inherits from the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import IO, Any
+
+from runtime.executors import _load, _report
+
+__all__ = ["READY", "main"]
+
+#: The host's first line: start-up is over, requests are answered from now on.
+READY = b'{"ready": true}\n'
+
+log = logging.getLogger("runtime.python_host")
+
+_CALLABLE_FORM = "option 'callable' must be 'package.module:function', got {!r}"
+
+
+class _Channel:
+    """The protocol's output. Writes are serialised (a job may report progress from several
+    threads) and a finished job's late progress is dropped: it would be read as the next job's.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+        self._job = 0  # number of the job whose progress is accepted; 0: none
+
+    def begin(self) -> Callable[[float, str], None]:
+        """Open the next job; returns the ``(fraction, message)`` sink for its progress."""
+        with self._lock:
+            self._job += 1
+            job = self._job
+        return lambda fraction, message: self._send(_encode({"progress": [fraction, message]}), job)
+
+    def finish(self, line: bytes) -> None:
+        """Send the job's final line; from here on its progress is dropped."""
+        self._send(line, self._job, closing=True)
+
+    def _send(self, line: bytes, job: int, closing: bool = False) -> None:
+        with self._lock:
+            if job != self._job:
+                return
+            if closing:
+                self._job = -job  # matches no job: progress after the result is dropped
+            self._stream.write(line)
+            self._stream.flush()
+
+
+def _encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, allow_nan=False).encode() + b"\n"
+
+
+def _failed(error: str) -> bytes:
+    return _encode({"status": "failed", "error": error})
+
+
+def _succeeded(value: Any) -> bytes:
+    """The final line for a returned value: run_python's rule, the value must be plain JSON."""
+    try:
+        return _encode({"status": "succeeded", "value": value})
+    except Exception as e:  # noqa: BLE001 - whatever the value's own methods raise is the job's fault
+        return _failed(f"the return value is not JSON-serialisable: {e}")
+
+
+def _run(request: Any, sink: Callable[[float, str], None]) -> bytes:
+    """One job: load the callable, call it, and return its final protocol line."""
+    if not isinstance(request, dict):
+        return _failed(f"python host: a request must be a JSON object, got {type(request).__name__}")
+    script_id = str(request.get("script", "?"))
+    spec, arguments = request.get("callable"), request.get("arguments", {})
+    if not isinstance(arguments, dict):
+        return _failed(f"script {script_id!r}: arguments must be an object, got {type(arguments).__name__}")
+    try:
+        if not isinstance(spec, str):  # checked before the loader's cache, which needs a hashable key
+            raise ValueError(_CALLABLE_FORM.format(spec))
+        function, wants_progress = _load(spec)
+    except ValueError as e:
+        return _failed(f"script {script_id!r}: {e}")
+    kwargs = dict(arguments)
+    if wants_progress and "progress" not in kwargs:
+        # _report clamps, drops non-numbers and contains a failing write, as in-thread.
+        kwargs["progress"] = lambda fraction, message="": _report(script_id, sink, fraction, message)
+    try:
+        value = function(**kwargs)
+    except BaseException as e:  # noqa: BLE001 - this process exists to run the job: nothing may end it
+        log.warning("script %r raised", script_id, exc_info=True)
+        return _failed(f"{type(e).__name__}: {e}")
+    return _succeeded(value)
+
+
+def _serve(requests: Iterable[bytes], output: IO[bytes]) -> None:
+    """Say the host is ready, then answer requests until they end."""
+    output.write(READY)
+    output.flush()
+    channel = _Channel(output)
+    for line in requests:
+        sink = channel.begin()
+        try:
+            request = json.loads(line)
+        except ValueError as e:
+            outcome = _failed(f"python host: a request is not JSON: {e}")
+        else:
+            outcome = _run(request, sink)
+        for stream in (sys.stdout, sys.stderr):  # the job's prints reach the log before the next job
+            with contextlib.suppress(Exception):
+                stream.flush()
+        channel.finish(outcome)
+
+
+def _take_over_stdio() -> tuple[IO[bytes], IO[bytes]]:
+    """Move the protocol off fds 0 and 1, out of user code's reach.
+
+    Returns:
+        The request stream and the protocol output, on private non-inheritable fds.
+    """
+    requests = os.fdopen(os.dup(0), "rb")
+    output = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)  # sys.stdout still wraps fd 1, which is now the log...
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)  # ...so a long job's prints show as they happen
+    return requests, output
+
+
+def main() -> int:
+    """Run the host on this process's stdio; returns the exit code."""
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format=f"python host {os.getpid()}: %(levelname)s %(name)s: %(message)s")
+    requests, output = _take_over_stdio()
+    try:
+        _serve(requests, output)
+    except BrokenPipeError:
+        # The runtime is gone mid-job: nobody is left to tell, and a normal exit would
+        # only repeat the error while flushing the dead pipe.
+        os._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
