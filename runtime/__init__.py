@@ -16,12 +16,15 @@ from runtime.errors import (
     InjectedFault,
     InvalidArguments,
     JobNotFound,
+    PoolError,
+    PoolTimeout,
     RegistryError,
     RuntimeStopped,
     ScriptNotFound,
     SupervisorEscalated,
 )
 from runtime.jobs_api import JobPriority, JobQueue, ToolExecutionService, init_queue
+from runtime.pools import ConnectionPools, HttpPool, PostgresPool
 from runtime.registry import ArgumentSpec, Registry, Script, load_registry
 from runtime.runtime import Runtime
 
@@ -29,12 +32,17 @@ __all__ = [
     "ActorRuntimeError",
     "ArgumentSpec",
     "ConfigError",
+    "ConnectionPools",
+    "HttpPool",
     "InjectedFault",
     "InvalidArguments",
     "JobNotFound",
     "JobPriority",
     "JobQueue",
     "ManualClock",
+    "PoolError",
+    "PoolTimeout",
+    "PostgresPool",
     "RegistryCache",
     "Registry",
     "RegistryError",

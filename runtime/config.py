@@ -22,6 +22,7 @@ ENV_NAMES: dict[str, str] = {
     "job_concurrency": "JOB_CONCURRENCY",
     "job_storage_path": "JOB_STORAGE_PATH",
     "redis_url": "REDIS_URL",
+    "database_url": "DATABASE_URL",
     "watcher": "WATCHER",
 }
 
@@ -42,6 +43,9 @@ class Settings:
             ``.jobs`` beside the registry, so each registry has its own jobs).
         redis_url: Redis for distributed mode; ``None`` keeps everything local
             (``REDIS_URL``).
+        database_url: a PostgreSQL DSN or URL for the ``default`` database pool of
+            ``sql`` scripts (``DATABASE_URL``); it connects on first use. Without it,
+            pools are made with ``ConnectionPools.init_postgres_pool``.
         watcher: ``auto`` (inotify, else polling), ``inotify`` or ``polling`` (``WATCHER``).
         poll_interval: seconds between two polls of the registry by the polling watcher.
         max_restarts: restart intensity: at most this many restarts of one child ...
@@ -63,6 +67,7 @@ class Settings:
     job_concurrency: int = 4
     job_storage_path: Path | None = None
     redis_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
+    database_url: str | None = dataclasses.field(default=None, repr=False)  # may hold a password
     watcher: str = "auto"
     poll_interval: float = 0.5
     max_restarts: int = 5

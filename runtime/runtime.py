@@ -119,6 +119,10 @@ class Runtime:
         return runtime
 
     def _start(self) -> None:
+        if self.settings.database_url and "default" not in self.pools.names():
+            # minconn=0: a database that is down at start-up fails the sql jobs (which
+            # retry), not the runtime.
+            self.pools.init_postgres_pool(dsn=self.settings.database_url, minconn=0)
         policy = RestartPolicy(
             self.settings.max_restarts,
             self.settings.restart_window,

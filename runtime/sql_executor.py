@@ -204,8 +204,10 @@ class SqlExecution:
         self._checkpoint()
         try:
             pool = self._pools.postgres(self._pool_name)
-        except PoolError as e:  # a registry naming a pool the runtime does not have: retrying cannot help
-            return self._done("failed", started, f"{self._what}: {e}", retryable=False)
+        except PoolError as e:
+            # Retryable: a job recovered at start-up can run before its owner has created
+            # the pool (``submit`` refuses new jobs for a pool that does not exist).
+            return self._done("failed", started, f"{self._what}: {e}")
         _report(self.script.id, self._on_progress, 0.0, "waiting for a connection")
         with contextlib.ExitStack() as stack:
             connection = self._acquire(stack, pool, deadline)

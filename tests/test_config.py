@@ -38,3 +38,9 @@ def test_redis_url_is_not_in_the_repr() -> None:
     settings = load_settings({"REDIS_URL": "redis://:s3cret@localhost:6379"})
     assert settings.redis_url == "redis://:s3cret@localhost:6379"
     assert "s3cret" not in repr(settings)
+
+
+def test_database_url_is_read_from_the_environment_and_not_in_the_repr() -> None:
+    settings = load_settings({"DATABASE_URL": "postgresql://app:pw@db/test"})
+    assert settings.database_url == "postgresql://app:pw@db/test"
+    assert "pw" not in repr(settings)

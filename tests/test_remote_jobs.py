@@ -298,3 +298,11 @@ def test_process_isolated_python_jobs_run_cancel_and_time_out(start_runtime: Cal
     assert timed_out["status"] == "failed" and timed_out["result"]["status"] == "timeout"
     fresh = rt.run("pid", timeout=20)["result"]["value"]
     assert fresh not in (host, os.getpid())  # the killed host was replaced
+
+
+def test_database_url_gives_the_runtime_its_default_pool(start_runtime: Callable[..., Runtime], tmp_path: Path,
+                                                         table: str) -> None:
+    registry = _sql_registry(tmp_path, table, "env")
+    rt = start_runtime(registry, database_url="postgresql://postgres@127.0.0.1:5432/test", **FAST_RETRY)
+    assert rt.pools.names() == ["default"]
+    assert rt.run("find", {"name": "bob"}, timeout=10)["result"]["rows"] == [{"id": 2, "name": "bob"}]
