@@ -87,22 +87,9 @@ class WorkerActor(SupervisedActor):
             return HttpExecution(script, arguments, self.pools.http, on_progress=progress)
         if script.kind == "sql":
             return SqlExecution(script, arguments, self.pools, on_progress=progress)
-        return _InProcess(self._host(), script, arguments, progress)
+        return self._host().execution(script, arguments, on_progress=progress)
 
     def _host(self) -> PythonProcess:
         if self._python_process is None:
             self._python_process = PythonProcess()
         return self._python_process
-
-
-class _InProcess:
-    """One attempt of an isolated ``python`` script on this worker's host process."""
-
-    def __init__(self, host: PythonProcess, script: Script, arguments: dict[str, Any], progress: Any) -> None:
-        self._host, self._script, self._arguments, self._progress = host, script, arguments, progress
-
-    def run(self) -> ExecutionResult:
-        return self._host.run(self._script, self._arguments, self._progress)
-
-    def cancel(self) -> None:
-        self._host.cancel()  # affects only the run in progress
