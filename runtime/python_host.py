@@ -156,8 +156,27 @@ def _take_over_stdio() -> tuple[IO[bytes], IO[bytes]]:
     return requests, output
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this host when the thread that started it ends, so a runtime
+    killed with SIGKILL mid-job leaves no host running a job nobody will collect."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def main() -> int:
     """Run the host on this process's stdio; returns the exit code."""
+    _die_with_parent()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format=f"python host {os.getpid()}: %(levelname)s %(name)s: %(message)s")
     requests, output = _take_over_stdio()

@@ -364,3 +364,31 @@ def test_close_without_a_run_starts_nothing() -> None:
     process = PythonProcess()
     process.close()
     assert process.pid is None
+
+
+def test_the_host_dies_with_a_runtime_killed_by_sigkill(tmp_path: Path) -> None:
+    # A stand-in for a runtime process: it starts a host on a long job and says the host's pid.
+    code = (
+        "import sys, threading\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from runtime.python_process import PythonProcess\n"
+        "from tests.test_python_process import _script\n"
+        "process = PythonProcess()\n"
+        "script = _script('tests.python_jobs:announces_then_sleeps', timeout=60)\n"
+        "def said(fraction, message):\n"
+        "    print(message, flush=True)\n"
+        "process.run(script, {'seconds': 60}, said)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=tmp_path)
+    try:
+        assert parent.stdout is not None
+        host = int(parent.stdout.readline())
+        watch = os.pidfd_open(host)
+    finally:
+        parent.kill()  # SIGKILL: no clean-up code runs in the parent
+        parent.wait(10)
+    try:
+        # The pidfd turns readable when the host terminates: a wait on the event, not a sleep.
+        assert select.select([watch], [], [], 10)[0], f"host {host} outlived its killed runtime"
+    finally:
+        os.close(watch)
