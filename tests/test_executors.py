@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import select
+import signal
 import sys
 import textwrap
 import threading
@@ -15,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from runtime import executors
 from runtime.errors import InvalidArguments
 from runtime.executors import CommandExecution, ExecutionResult, run_python, validate_arguments
 from runtime.registry import ArgumentSpec, Script
+from runtime.testing import wait_until
 
 WAIT = 10.0  # generous upper bound for every wait; a passing test never reaches it
 
@@ -141,11 +145,9 @@ def test_explicit_timeout_overrides_the_scripts(tmp_path: Path) -> None:
 
 
 def test_term_ignoring_child_is_killed(tmp_path: Path) -> None:
-    script = _command(tmp_path, """
-        import signal, time
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        time.sleep(60)
-    """, timeout=0.2)
+    # sh, not Python: under load an interpreter may not be ignoring SIGTERM yet after 0.2 s.
+    script = Script(id="sh", command=("/bin/sh", "-c", "trap '' TERM; exec sleep 60"), folder=str(tmp_path),
+                    timeout=0.2)
     result = CommandExecution(script, {}).run()
     assert result.status == "timeout"
     assert result.exit_code == -9
@@ -252,6 +254,271 @@ def test_wrong_kind_is_a_caller_error() -> None:
         CommandExecution(_python("tests.test_executors:add"), {})
     with pytest.raises(ValueError):
         run_python(Script(id="c", command=("true",)), {})
+
+
+# -- the one loop: stdin, outputs, exit, timeout and cancel in the calling thread ------------
+
+
+@pytest.fixture(params=["pidfd", "portable"])
+def wait_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each loop test runs with a pidfd and an eventfd (Linux) and with neither (the
+    ``waitid`` poll and the self-pipe every POSIX system has)."""
+    if request.param == "pidfd":
+        if not (executors._USE_PIDFD and executors._USE_EVENTFD):
+            pytest.skip("no pidfd or eventfd on this platform")
+    else:
+        monkeypatch.setattr(executors, "_USE_PIDFD", False)
+        monkeypatch.setattr(executors, "_USE_EVENTFD", False)
+    return str(request.param)
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_progress_line_split_across_writes_is_one_event_in_the_calling_thread(tmp_path: Path, wait_mode: str) -> None:
+    script = _command(tmp_path, """
+        import sys, time
+        for piece in ["::progress 0.5 ha", "lf\\nplain ", "text\\n::pro", "gress 1 all done\\n"]:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            time.sleep(0.02)  # lets the parent read each piece on its own
+    """)
+    events: list[tuple[float, str]] = []
+    threads: set[int] = set()
+
+    def observe(fraction: float, message: str) -> None:
+        events.append((fraction, message))
+        threads.add(threading.get_ident())
+
+    result = CommandExecution(script, {}, on_progress=observe).run()
+    assert result.status == "succeeded", result
+    assert events == [(0.5, "half"), (1.0, "all done")]
+    assert result.stdout == "plain text\n"
+    assert threads == {threading.get_ident()}
+
+
+def _feed_in_pieces(stream: bytes, cuts: list[int], cap: int = 1 << 20) -> tuple[list[tuple[float, str]], bytes, bool]:
+    events: list[tuple[float, str]] = []
+    capture = executors._Capture(cap)
+    progress = executors._ProgressFilter(capture, lambda f, m: events.append((f, m)))
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        while start < cut:  # never more than a read would ask for
+            step = min(cut - start, progress.want())
+            progress.add(stream[start:start + step])
+            start += step
+    progress.close()
+    return events, bytes(capture.data), capture.truncated
+
+
+def test_progress_filter_gives_the_same_result_wherever_the_reads_split() -> None:
+    stream = (b"out one\n::progress 0.25 a quarter\n::progress bad\n::progressive 1\nno newline, then "
+              b"::progress 0.5 not at a line start\n\n::progress 0.75\n  ::progress 0.9 indented\n::progress 1 end")
+    expected = ([(0.25, "a quarter"), (0.75, ""), (1.0, "end")],
+                b"out one\n::progress bad\n::progressive 1\nno newline, then ::progress 0.5 not at a line start\n\n"
+                b"  ::progress 0.9 indented\n", False)
+    assert _feed_in_pieces(stream, []) == expected
+    for cut in range(1, len(stream)):
+        assert _feed_in_pieces(stream, [cut]) == expected, cut
+    assert _feed_in_pieces(stream, list(range(1, len(stream)))) == expected
+
+
+def test_only_a_line_of_at_most_one_chunk_can_be_progress() -> None:
+    chunk = executors._CHUNK
+    fits = b"::progress 0.5 " + b"m" * (chunk - 16) + b"\n"
+    too_long = b"::progress 0.5 " + b"m" * (chunk - 15) + b"\n"
+    assert len(fits) == chunk
+    events, data, _ = _feed_in_pieces(fits + too_long + fits, [])
+    assert events == [(0.5, "m" * (chunk - 16))] * 2
+    assert data == too_long
+
+
+def test_a_newline_less_flood_holds_at_most_one_chunk() -> None:
+    capture = executors._Capture(1000)
+    progress = executors._ProgressFilter(capture, lambda f, m: None)
+    progress.add(b"::progress 0.5 ")
+    for _ in range(200):  # 12.5 MiB, no newline
+        progress.add(b"x" * progress.want())
+        assert len(progress._held) < executors._CHUNK
+        assert len(capture.data) <= 1000
+    progress.close()
+    assert capture.truncated and bytes(capture.data) == b"::progress 0.5 " + b"x" * 985
+
+
+def test_a_newline_less_flood_from_a_child_is_capped(tmp_path: Path) -> None:
+    script = _command(tmp_path, """
+        import sys
+        sys.stdout.write("::progress 0.5 ")
+        for _ in range(160):
+            sys.stdout.write("x" * 65536)
+    """)
+    events: list[tuple[float, str]] = []
+    result = CommandExecution(script, {}, on_progress=lambda f, m: events.append((f, m)), output_cap=1000).run()
+    assert result.status == "succeeded", result
+    assert result.stdout == "::progress 0.5 " + "x" * 985 and result.stdout_truncated
+    assert events == []
+
+
+def test_the_last_stderr_line_is_found_wherever_the_reads_split() -> None:
+    stream = b"warming up\nboom: disk full  \n\n \n"
+    for cut in range(len(stream) + 1):
+        capture = executors._Capture(5)
+        capture.add(stream[:cut])
+        capture.add(stream[cut:])
+        capture.close()
+        assert capture.last_line == b"boom: disk full", cut
+    unfinished = executors._Capture(100)
+    unfinished.add(b"first\nfatal: no new")
+    unfinished.add(b"line at the end")
+    unfinished.close()
+    assert unfinished.last_line == b"fatal: no newline at the end"
+
+
+def test_stdin_larger_than_a_pipe_reaches_a_child_that_reads_it_all(tmp_path: Path, wait_mode: str) -> None:
+    script = _command(tmp_path, """
+        import json, sys
+        print(len(json.load(sys.stdin)["blob"]))
+    """)
+    result = CommandExecution(script, {"blob": "x" * (4 << 20)}).run()
+    assert result.status == "succeeded", result
+    assert result.stdout == f"{4 << 20}\n"
+
+
+def test_a_child_that_reads_part_of_stdin_and_exits(tmp_path: Path, wait_mode: str) -> None:
+    script = _command(tmp_path, "import sys; sys.stdin.buffer.read(10); print('enough')")
+    result = CommandExecution(script, {"blob": "x" * (4 << 20)}).run()
+    assert result.status == "succeeded", result
+    assert result.stdout == "enough\n"
+
+
+def test_a_child_that_closes_its_outputs_is_still_awaited(tmp_path: Path, wait_mode: str) -> None:
+    script = _command(tmp_path, """
+        import os, sys
+        os.close(1)
+        os.close(2)
+        sys.stdin.read()  # the exit comes after both outputs have ended
+        os._exit(4)
+    """)
+    result = CommandExecution(script, {"blob": "x" * 100_000}).run()
+    assert result.status == "failed"
+    assert result.exit_code == 4
+
+
+def test_timeout_in_the_loop_kills_the_group(tmp_path: Path, wait_mode: str) -> None:
+    # sh starts in a blink, so the grandchild's pid is out long before the timeout.
+    script = Script(id="sh", command=("/bin/sh", "-c", "sleep 60 & echo $!; exec sleep 60"), timeout=0.5)
+    result = CommandExecution(script, {}).run()
+    assert result.status == "timeout"
+    assert result.exit_code == -15
+    assert _process_gone(int(result.stdout.split()[0]))
+
+
+def test_cancel_while_the_loop_waits_on_a_silent_child(tmp_path: Path, wait_mode: str) -> None:
+    marker = tmp_path / "running"
+    script = _command(tmp_path, f"""
+        import os, signal, time
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # so the grace runs out and SIGKILL follows
+        open({str(marker)!r}, "w").close()
+        time.sleep(60)
+    """, timeout=600)
+    execution = CommandExecution(script, {})
+    results: list[ExecutionResult] = []
+    runner = threading.Thread(target=lambda: results.append(execution.run()))
+    runner.start()
+    wait_until(marker.exists, WAIT)
+    execution.cancel()
+    execution.cancel()  # a second cancel changes nothing
+    runner.join(WAIT)
+    assert not runner.is_alive()
+    [result] = results
+    assert result.status == "cancelled"
+    assert result.exit_code == -9
+    assert result.duration < WAIT
+
+
+def test_cancel_racing_the_start_never_hangs_or_leaks(tmp_path: Path, wait_mode: str) -> None:
+    before = _open_fds()
+    script = Script(id="true", command=("/bin/true",), folder=str(tmp_path))
+    for _ in range(20):
+        execution = CommandExecution(script, {})
+        canceller = threading.Thread(target=execution.cancel)
+        canceller.start()
+        result = execution.run()
+        canceller.join(WAIT)
+        assert result.status in ("cancelled", "succeeded"), result
+    assert _open_fds() == before
+
+
+def test_an_attempt_leaves_no_descriptor_open(tmp_path: Path, wait_mode: str) -> None:
+    def run(*command: str, timeout: float = 10.0, **arguments: Any) -> str:
+        script = Script(id="cmd", command=command, folder=str(tmp_path), timeout=timeout)
+        return CommandExecution(script, arguments).run().status
+
+    before = _open_fds()
+    assert run("/bin/echo", "x") == "succeeded"
+    assert run("/bin/false", blob="x" * 100_000) == "failed"
+    assert run("/bin/sleep", "60", timeout=0.1) == "timeout"
+    assert run("/nonexistent/program") == "failed"
+    assert _open_fds() == before
+
+
+def test_outputs_held_open_by_a_process_that_left_the_group_are_drained_for_a_bounded_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(executors, "_DRAIN_TIMEOUT", 0.3)
+    script = _command(tmp_path, """
+        import subprocess, sys
+        # A new session: out of the group's reach, and it keeps both outputs open.
+        escaped = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+        print(escaped.pid, flush=True)
+    """)
+    with caplog.at_level(logging.WARNING, logger="runtime.executors"):
+        result = CommandExecution(script, {}).run()
+    escaped = int(result.stdout)
+    try:
+        assert result.status == "succeeded", result
+        assert result.duration < WAIT
+        assert "left the group" in caplog.text
+    finally:
+        os.kill(escaped, signal.SIGKILL)
+    assert _process_gone(escaped)
+
+
+def test_the_child_leads_its_own_group_and_inherits_only_0_to_2(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    os.set_inheritable(write_end, True)  # would leak into a child that kept what it may inherit
+    try:
+        script = _command(tmp_path, f"""
+            import json, os
+            try:
+                os.fstat({write_end})
+                leaked = True
+            except OSError:
+                leaked = False
+            print(json.dumps({{"leader": os.getpgrp() == os.getpid(), "leaked": leaked}}))
+        """)
+        result = CommandExecution(script, {}).run()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    assert result.status == "succeeded", result
+    assert json.loads(result.stdout) == {"leader": True, "leaked": False}
+
+
+def test_a_timeout_of_years_is_no_error(tmp_path: Path) -> None:
+    result = CommandExecution(_command(tmp_path, "print('quick')"), {}, timeout=1e12).run()
+    assert (result.status, result.stdout) == ("succeeded", "quick\n")
+
+def test_a_kernel_without_pidfd_falls_back_to_polling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open is not implemented")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(executors.os, "pidfd_open", no_pidfd)
+        ok = CommandExecution(_command(tmp_path, "print('ok')"), {}).run()
+        slow = CommandExecution(_command(tmp_path, "import time; time.sleep(60)", timeout=0.2), {}).run()
+    assert (ok.status, ok.stdout) == ("succeeded", "ok\n")
+    assert slow.status == "timeout"
 
 
 # -- validate_arguments --------------------------------------------------------------
