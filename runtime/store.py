@@ -11,6 +11,7 @@ mutating a record after ``add`` changes nothing until ``update``).
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import sqlite3
 import time
@@ -202,32 +203,36 @@ class MemoryStore:
 
     def add_many(self, records: Iterable[JobRecord]) -> None:
         """Store new records, all or none."""
-        self.write(added=records)
+        self.add_or_update(records, (), check=True)
 
     def update(self, record: JobRecord) -> None:
         """Overwrite a stored record with ``record``."""
-        self.write(updated=[record])
+        self.add_or_update((), [record], check=True)
 
     def update_many(self, records: Iterable[JobRecord]) -> None:
         """Overwrite stored records, all or none."""
-        self.write(updated=records)
+        self.add_or_update((), records, check=True)
 
-    def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None:
-        """Store new records and overwrite known ones, all or none."""
+    def add_or_update(self, added: Iterable[JobRecord], updated: Iterable[JobRecord], check: bool) -> None:
         self._check_open()
         new, changed = list(added), list(updated)
-        seen: set[str] = set()
-        for record in new:
-            if record.id in self._rows or record.id in seen:
-                raise StoreError(f"job store {self.where}: job {record.id} already exists")
-            seen.add(record.id)
-        missing = [r.id for r in changed if r.id not in self._rows and r.id not in seen]
-        if missing:
-            raise StoreError(f"job store {self.where}: unknown job(s) {', '.join(missing)}")
+        if check:
+            seen: set[str] = set()
+            for record in new:
+                if record.id in self._rows or record.id in seen:
+                    raise StoreError(f"job store {self.where}: job {record.id} already exists")
+                seen.add(record.id)
+            missing = [r.id for r in changed if r.id not in self._rows and r.id not in seen]
+            if missing:
+                raise StoreError(f"job store {self.where}: unknown job(s) {', '.join(missing)}")
         for record in new:
             self._seq.assign(record)
         rows = [(r.id, (r.state, r.priority, r.seq, _encode(r, self.where))) for r in new + changed]
         self._rows.update(rows)
+
+    def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None:
+        """Store new records and overwrite others, all or none (an upsert, as ``SqliteStore``)."""
+        self.add_or_update(added, updated, check=False)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The stored record, or ``None``."""
@@ -363,7 +368,12 @@ class SqliteStore:
 
     def add_many(self, records: Iterable[JobRecord]) -> None:
         """Insert new records in one transaction (one commit), all or none."""
-        self.write(added=records)
+        batch = list(records)
+        for record in batch:
+            self._seq.assign(record)
+        rows = [self._row(r, _encode(r, self.path)) for r in batch]
+        with self._transaction(f"adding {len(rows)} jobs") as conn:
+            conn.executemany(_INSERT, rows)
 
     def update(self, record: JobRecord) -> None:
         """Overwrite a stored record, committed on return."""
@@ -374,23 +384,38 @@ class SqliteStore:
 
     def update_many(self, records: Iterable[JobRecord]) -> None:
         """Overwrite stored records in one transaction (one commit), all or none."""
-        self.write(updated=records)
+        batch = list(records)
+        rows = [self._row(r, _encode(r, self.path)) for r in batch]
+        with self._transaction(f"updating {len(rows)} jobs") as conn:
+            if conn.executemany(_UPDATE, rows).rowcount != len(rows):
+                known = {i for (i,) in conn.execute("SELECT id FROM jobs")}  # rare path
+                missing = ", ".join(r.id for r in batch if r.id not in known) or "duplicates"
+                raise StoreError(f"job store {self.path}: unknown job(s) {missing}")
 
     def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None:
-        """Insert new records and overwrite known ones in one transaction (one commit),
-        all or none: the scheduler's group commit."""
-        new, changed = list(added), list(updated)
+        """Store new records and overwrite others in one transaction (one commit), all or
+        none: the scheduler's group commit.
+
+        One statement (an upsert of every row) in autocommit mode: each call into
+        SQLite lets go of the GIL, and getting it back costs far more than the
+        write itself while the workers run, so a BEGIN/INSERT/UPDATE/COMMIT
+        sequence would be several times slower. The price: no check that an
+        added id is new or an updated one known (ids are uuid4, the scheduler
+        updates only what it added).
+        """
+        new = list(added)
         for record in new:
             self._seq.assign(record)
-        inserts = [self._row(r, _encode(r, self.path)) for r in new]
-        updates = [self._row(r, _encode(r, self.path)) for r in changed]
-        with self._transaction(f"writing {len(inserts) + len(updates)} jobs") as conn:
-            if inserts:
-                conn.executemany(_INSERT, inserts)
-            if updates and conn.executemany(_UPDATE, updates).rowcount != len(updates):
-                known = {i for (i,) in conn.execute("SELECT id FROM jobs")}  # rare path
-                missing = ", ".join(r.id for r in changed if r.id not in known) or "duplicates"
-                raise StoreError(f"job store {self.path}: unknown job(s) {missing}")
+        rows = [self._row(r, _encode(r, self.path)) for r in (*new, *updated)]
+        if len(rows) <= _UPSERT_ROWS:
+            if rows:
+                with self._guard(f"writing {len(rows)} jobs") as conn:
+                    conn.execute(_upsert(len(rows)), [value for row in rows for value in row])
+            return
+        with self._transaction(f"writing {len(rows)} jobs") as conn:  # rare: a very long burst
+            for start in range(0, len(rows), _UPSERT_ROWS):
+                chunk = rows[start:start + _UPSERT_ROWS]
+                conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
 
     def get(self, job_id: str) -> JobRecord | None:
         """The stored record, or ``None``."""
@@ -422,6 +447,15 @@ class SqliteStore:
 
 
 _INSERT = "INSERT INTO jobs (state, priority, seq, data, updated_at, id) VALUES (?, ?, ?, ?, ?, ?)"
+_UPSERT_ROWS = 256  # rows per statement: 6 parameters each, well under SQLite's limit
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?)"] * rows)
+    return (f"INSERT INTO jobs (state, priority, seq, data, updated_at, id) VALUES {values} "
+            "ON CONFLICT(id) DO UPDATE SET state = excluded.state, priority = excluded.priority, "
+            "seq = excluded.seq, data = excluded.data, updated_at = excluded.updated_at")
 _UPDATE = "UPDATE jobs SET state = ?, priority = ?, seq = ?, data = ?, updated_at = ? WHERE id = ?"
 
 

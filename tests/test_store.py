@@ -279,3 +279,20 @@ def test_unopenable_folder_raises_store_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="cannot open job store"):
         SqliteStore(tmp_path / "dir")
 
+
+
+@pytest.mark.parametrize("count", [1, 3, 300])
+def test_write_adds_and_overwrites_in_one_call(tmp_path: Path, count: int) -> None:
+    for store in (SqliteStore(tmp_path / f"s{count}"), MemoryStore()):
+        known = [JobRecord.new("s", {"n": n}) for n in range(count)]
+        store.add_many(known)
+        for record in known:
+            record.state = JobState.SUCCEEDED
+        fresh = [JobRecord.new("s", {"n": -n}) for n in range(count)]
+        store.write(fresh, known)
+        counts = store.counts()
+        assert (counts["succeeded"], counts["queued"]) == (count, count), store
+        assert all(r.seq for r in fresh) and len({r.seq for r in known + fresh}) == 2 * count
+        stored = store.get(fresh[-1].id)
+        assert stored is not None and stored.arguments == {"n": -(count - 1)}
+        store.close()
