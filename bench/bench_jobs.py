@@ -131,6 +131,17 @@ def _runtime_burst(rt: Runtime, n: int, timeout: float, stamped: bool) -> dict[s
     return figures
 
 
+def _runtime_batched_burst(rt: Runtime, n: int, timeout: float, chunk: int = 100) -> dict[str, Any]:
+    """Like ``_runtime_burst``, submitting ``chunk`` jobs per ``submit_many`` (one commit each)."""
+    done = Countdown(n, _succeeded)
+    start = clock()
+    for first in range(0, n, chunk):
+        rt.submit_many([("noop", None)] * min(chunk, n - first), on_done=done)
+    done.wait(timeout, "runtime batched burst")
+    wall = done.finished_at - start
+    return {"wall_s": wall, "jobs_per_s": n / wall, "failed": done.failed, "batch": chunk}
+
+
 def _pool_burst(pool: ThreadPoolExecutor, n: int, timeout: float) -> dict[str, Any]:
     noop.STARTS.clear()
     done = Countdown(n, _future_ok)
@@ -378,6 +389,7 @@ def peers(registry: Path, n: int, url: str) -> dict[str, Any]:
         _warm_up(rt)
         results["runtime"] = {**_runtime_burst(rt, n, timeout, stamped=False),
                               "workers": "job_concurrency=2, durable SQLite store"}
+        results["runtime_submit_many"] = _runtime_batched_burst(rt, n, timeout)
     finally:
         rt.stop()
     try:
@@ -406,6 +418,8 @@ def peers(registry: Path, n: int, url: str) -> dict[str, Any]:
         fastest = max(ran, key=ran.__getitem__)
         results["fastest_peer"] = fastest
         results["ratio_runtime_over_fastest_peer"] = results["runtime"]["jobs_per_s"] / ran[fastest]
+        results["ratio_runtime_submit_many_over_fastest_peer"] = (
+            results["runtime_submit_many"]["jobs_per_s"] / ran[fastest])
     if conn is not None:
         conn.close()
     return results

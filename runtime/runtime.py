@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,41 @@ class Runtime:
             self.pools.postgres(script.options.get("pool", "default"))  # no such pool: say so now
         return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
                    .get(timeout=self.settings.ask_timeout))
+
+    def submit_many(
+        self,
+        jobs: Iterable[tuple[str, dict[str, Any] | None]],
+        priority: int | str = "normal",
+        *,
+        on_done: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> list[str]:
+        """Validate and accept several jobs at once: one round trip and one commit.
+
+        All or none: one unknown script or bad argument refuses the whole batch,
+        the error naming its position.
+
+        Args:
+            jobs: ``(script_id, arguments)`` pairs.
+            priority: the priority of every job of the batch.
+            on_done: called with each job's final status, as for :meth:`submit`.
+
+        Returns:
+            the job ids, in the order of ``jobs``.
+        """
+        level = _priority(priority)
+        batch = []
+        for position, (script_id, arguments) in enumerate(jobs, 1):
+            script = self.script(script_id)  # ScriptNotFound names the script
+            try:
+                batch.append((script, validate_arguments(script, arguments)))
+            except InvalidArguments as e:
+                raise InvalidArguments(f"job #{position}: {e}") from None
+            if script.kind == "sql":
+                self.pools.postgres(script.options.get("pool", "default"))
+        if not batch:
+            return []
+        ids = self.scheduler.submit_many(batch, level, on_done).get(timeout=self.settings.ask_timeout)
+        return list(ids)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: ``status``, ``attempts``, ``progress``, ``result``, ``error``...

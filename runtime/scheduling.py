@@ -131,12 +131,14 @@ class SchedulerCore:
 
     # --- intake ----------------------------------------------------------------------
 
-    def submit(self, record: JobRecord) -> None:
-        """Accept a job: durable in the store (with every pending change) before this returns."""
-        self.store.write([record], list(self.dirty.values()))
+    def submit(self, *records: JobRecord) -> None:
+        """Accept jobs: durable in the store (with every pending change, one commit)
+        before this returns."""
+        self.store.write(records, list(self.dirty.values()))
         self.dirty.clear()
-        self.jobs[record.id] = record
-        heapq.heappush(self._queue, (record.priority, record.seq, record.id))
+        for record in records:
+            self.jobs[record.id] = record
+            heapq.heappush(self._queue, (record.priority, record.seq, record.id))
 
     def restore(self, record: JobRecord) -> JobState:
         """Take back an unfinished job found in the store at start-up.

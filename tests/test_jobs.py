@@ -633,3 +633,27 @@ def test_no_actor_of_a_stopped_runtime_is_left(start_runtime: Callable[..., Runt
     rt.stop()
     assert pykka.ActorRegistry.get_all() == []
     assert json.loads(registry.read_text())["scripts"]  # the registry is untouched
+
+
+def test_submit_many_accepts_a_batch_in_one_commit_or_refuses_it_whole(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=2, **quiet())
+    with pytest.raises(InvalidArguments, match=r"job #2: script 'record'"):
+        rt.submit_many([("record", {"token": "a"}), ("record", {"token": 3})])
+    with pytest.raises(ScriptNotFound):
+        rt.submit_many([("record", {"token": "a"}), ("nope", {})])
+    assert rt.queue_stats()["completed_jobs"] == 0 and helpers.CALLS == []
+    finals: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def collect(status: dict[str, Any]) -> None:
+        finals.append(status)
+        if len(finals) == 3:
+            done.set()
+
+    ids = rt.submit_many([("record", {"token": f"b{n}"}) for n in range(3)], priority="high", on_done=collect)
+    assert len(set(ids)) == 3 and done.wait(5)
+    assert sorted(f["job_id"] for f in finals) == sorted(ids)
+    assert all(f["status"] == "succeeded" and f["priority"] == 0 for f in finals)
+    assert rt.submit_many([]) == []
