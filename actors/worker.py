@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from runtime.executors import CommandExecution, ExecutionResult, run_python
+from runtime.command_executor import CommandExecution
+from runtime.executors import ExecutionResult, run_python
 from runtime.http_executor import HttpExecution
 from runtime.messages import JobFinished, JobProgress, JobStarted, PoolFigures, ReportReady, RunJob, WorkerReady
 from runtime.pools import ConnectionPools

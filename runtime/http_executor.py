@@ -27,7 +27,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from runtime.executors import ExecutionResult, ProgressCallback
+from runtime.executors import ExecutionResult, ProgressCallback, report_progress
 from runtime.registry import ARGUMENT_PLACEHOLDER, DEFAULT_BODY_CAP, HEADER_PLACEHOLDER, Script
 
 if TYPE_CHECKING:
@@ -85,16 +85,6 @@ def _query_pairs(arguments: Mapping[str, Any]) -> list[tuple[str, str]]:
         items = value if isinstance(value, list) else [value]
         pairs.extend((name, _text(item)) for item in items)
     return pairs
-
-
-def _report(script_id: str, on_progress: ProgressCallback | None, fraction: float, message: str) -> None:
-    """Deliver one progress event; a raising callback is logged, never raised."""
-    if on_progress is None:
-        return
-    try:
-        on_progress(fraction, message)
-    except Exception:  # a broken observer must not fail the request it observes
-        log.exception("http script %r: the progress callback raised; continuing", script_id)
 
 
 def _cause(exc: BaseException) -> str:
@@ -200,7 +190,7 @@ class HttpExecution:
             request = self._build()
         except _Refused as e:
             return self._done("failed", started, f"{self._what()}: {e}", retryable=False)
-        _report(self.script.id, self._on_progress, 0.0, "request sent")
+        report_progress(self.script.id, self._on_progress, 0.0, "request sent")
         helper = threading.Thread(target=self._call, args=(request,), daemon=True,
                                   name=f"http-{self.script.id}")
         helper.start()
@@ -360,7 +350,7 @@ class HttpExecution:
                 log.debug("http script %r: the body is not valid JSON", self.script.id)
         extra: dict[str, Any] = {"status_code": response.status, "headers": response.headers, "body": text,
                                  "body_truncated": response.truncated, "json": _json_ready(parsed)}
-        _report(self.script.id, self._on_progress, 1.0, f"response {response.status}")
+        report_progress(self.script.id, self._on_progress, 1.0, f"response {response.status}")
         if response.status in self._success:
             return self._done("succeeded", started, None, extra)
         error = f"{self._what()}: {self._method} {self._template} answered {response.status}"

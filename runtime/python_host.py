@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
-from runtime.executors import _load, _report
+from runtime.executors import load_callable, report_progress
 
 __all__ = ["READY", "main"]
 
@@ -43,9 +43,6 @@ __all__ = ["READY", "main"]
 READY = b'{"ready": true}\n'
 
 log = logging.getLogger("runtime.python_host")
-
-_CALLABLE_FORM = "option 'callable' must be 'package.module:function', got {!r}"
-
 
 class _Channel:
     """The protocol's output. Writes are serialised (a job may report progress from several
@@ -103,15 +100,13 @@ def _run(request: Any, sink: Callable[[float, str], None]) -> bytes:
     if not isinstance(arguments, dict):
         return _failed(f"script {script_id!r}: arguments must be an object, got {type(arguments).__name__}")
     try:
-        if not isinstance(spec, str):  # checked before the loader's cache, which needs a hashable key
-            raise ValueError(_CALLABLE_FORM.format(spec))
-        function, wants_progress = _load(spec)
+        function, wants_progress = load_callable(spec)
     except ValueError as e:
         return _failed(f"script {script_id!r}: {e}")
     kwargs = dict(arguments)
     if wants_progress and "progress" not in kwargs:
-        # _report clamps, drops non-numbers and contains a failing write, as in-thread.
-        kwargs["progress"] = lambda fraction, message="": _report(script_id, sink, fraction, message)
+        # report_progress clamps, drops non-numbers and contains a failing write, as in-thread.
+        kwargs["progress"] = lambda fraction, message="": report_progress(script_id, sink, fraction, message)
     try:
         value = function(**kwargs)
     except BaseException as e:  # noqa: BLE001 - this process exists to run the job: nothing may end it

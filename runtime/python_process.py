@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from runtime.executors import ExecutionResult, ProgressCallback, _report
+from runtime.executors import ExecutionResult, ProgressCallback, report_progress
 from runtime.python_host import READY
 from runtime.registry import Script
 
@@ -415,7 +415,7 @@ def _parse(line: bytes, script: Script, on_progress: ProgressCallback | None) ->
     if isinstance(message, dict):
         progress = message.get("progress")
         if isinstance(progress, list) and len(progress) == 2:
-            _report(script.id, on_progress, *progress)
+            report_progress(script.id, on_progress, *progress)
             return None
         if message.get("status") == "succeeded" and "value" in message:
             return _Outcome("succeeded", value=message["value"])

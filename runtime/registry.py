@@ -7,6 +7,7 @@ and the field at fault, so a user never sees a bare KeyError for their mistake.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -179,6 +180,15 @@ class _Checker:
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
+
+
+def _finite_seconds(value: int | float) -> float | None:
+    """``value`` as a float, or ``None`` when it is NaN, infinite or too large for a float."""
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _json_type(value: Any) -> str:
@@ -361,7 +371,12 @@ def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script
         raise check.fail("kind", f"unknown kind {kind!r}; use one of {', '.join(_KINDS)}")
     command = _parse_command(check, folder) if kind == "command" else ()
     timeout = check.get("timeout", (int, float), 60.0, "a number of seconds")
-    if timeout <= 0:
+    seconds = _finite_seconds(timeout)
+    if seconds is None:
+        # Python's json reads NaN and Infinity (and integers beyond any float): none is a deadline.
+        shown = json.dumps(timeout) if isinstance(timeout, float) else "an integer too large"
+        raise check.fail("timeout", f"must be a finite number of seconds, got {shown}")
+    if seconds <= 0:
         raise check.fail("timeout", f"must be positive, got {timeout}")
     max_retries = check.get("max_retries", int, None, "an integer")
     if max_retries is not None and max_retries < 0:
@@ -376,7 +391,7 @@ def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script
         command=command,
         description=check.get("description", str, "", "a string"),
         arguments=arguments,
-        timeout=float(timeout),
+        timeout=seconds,
         max_retries=max_retries,
         folder=str(folder),
         options=MappingProxyType(options),

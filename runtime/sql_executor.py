@@ -26,7 +26,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from runtime.errors import PoolError, PoolTimeout
-from runtime.executors import ExecutionResult, ProgressCallback
+from runtime.executors import ExecutionResult, ProgressCallback, report_progress
 from runtime.registry import DEFAULT_MAX_ROWS, SQL_PLACEHOLDER, Script
 
 if TYPE_CHECKING:
@@ -99,16 +99,6 @@ def _retryable(error: psycopg2.Error) -> bool:
     if code in _DETERMINISTIC_CODES or code[:2] in _DETERMINISTIC_CLASSES:
         return False
     return not isinstance(error, _DETERMINISTIC_ERRORS)
-
-
-def _report(script_id: str, on_progress: ProgressCallback | None, fraction: float, message: str) -> None:
-    """Deliver one progress event; a raising callback is logged, never raised."""
-    if on_progress is None:
-        return
-    try:
-        on_progress(fraction, message)
-    except Exception:  # a broken observer must not fail the query it observes
-        log.exception("sql script %r: the progress callback raised; continuing", script_id)
 
 
 class _Cancelled(Exception):
@@ -208,11 +198,11 @@ class SqlExecution:
             # Retryable: a job recovered at start-up can run before its owner has created
             # the pool (``submit`` refuses new jobs for a pool that does not exist).
             return self._done("failed", started, f"{self._what}: {e}")
-        _report(self.script.id, self._on_progress, 0.0, "waiting for a connection")
+        report_progress(self.script.id, self._on_progress, 0.0, "waiting for a connection")
         with contextlib.ExitStack() as stack:
             connection = self._acquire(stack, pool, deadline)
             rows, rowcount, truncated = self._transaction(connection, deadline)
-        _report(self.script.id, self._on_progress, 1.0, f"{rowcount} rows")
+        report_progress(self.script.id, self._on_progress, 1.0, f"{rowcount} rows")
         return self._done("succeeded", started, None, {"rows": rows, "rows_truncated": truncated, "rowcount": rowcount})
 
     def _checkpoint(self) -> None:
@@ -274,7 +264,7 @@ class SqlExecution:
             if self._cancelled:
                 raise _Cancelled
             self._connection = connection
-        _report(self.script.id, self._on_progress, 0.05, "query sent")
+        report_progress(self.script.id, self._on_progress, 0.05, "query sent")
         try:
             cursor.execute(self._query, self._parameters)
         finally:

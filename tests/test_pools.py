@@ -582,14 +582,14 @@ def test_connection_pools_make_the_http_pool_on_first_use_and_replace_it(server:
 
 def test_a_long_retry_after_is_capped(server: _Server, make_http: Callable[..., HttpPool],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from runtime import pools as pools_module
+    from runtime.pools import http as http_module
 
-    monkeypatch.setattr(pools_module._Retry, "RETRY_AFTER_CAP", 0.01)  # the real cap (10 s) is too long to wait for
+    monkeypatch.setattr(http_module._Retry, "RETRY_AFTER_CAP", 0.01)  # the real cap (10 s) is too long to wait for
     pool = make_http(backoff_factor=0.01)
     server.failures_left = 1
     response = pool.request("GET", _url(server, "/retry-after"), preload_content=True)
     assert response.status == 200 and pool.figures()["retries"] == 1  # it waited 0.01 s, not an hour
-    assert pools_module._Retry().get_retry_after(response) is None
+    assert http_module._Retry().get_retry_after(response) is None
 
 
 def test_headers_given_to_a_request_do_not_follow_a_redirect_to_another_host(

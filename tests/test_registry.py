@@ -48,6 +48,11 @@ def test_valid_entry_parsed_with_defaults_and_resolved_program() -> None:
         ('{"scripts": [{"id": "a", "command": "ls -l"}]}', "script 'a' (#1), field 'command': must be a non-empty array"),
         ('{"scripts": [{"id": "a", "command": ["x"], "timeout": "5"}]}', "field 'timeout': must be a number of seconds, got a string"),
         ('{"scripts": [{"id": "a", "command": ["x"], "timeout": true}]}', "field 'timeout': must be a number of seconds, got a boolean"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "timeout": 0}]}', "field 'timeout': must be positive, got 0"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "timeout": Infinity}]}', "field 'timeout': must be a finite number of seconds, got Infinity"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "timeout": -Infinity}]}', "field 'timeout': must be a finite number of seconds, got -Infinity"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "timeout": NaN}]}', "field 'timeout': must be a finite number of seconds, got NaN"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "timeout": 1e400}]}', "field 'timeout': must be a finite number of seconds, got Infinity"),
         ('{"scripts": [{"id": "a", "command": ["x"], "max_retries": -1}]}', "field 'max_retries': must be 0 or more"),
         ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": "int"}}}]}', "field 'arguments.n.type': unknown argument type 'int'"),
         ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": "integer", "default": "3"}}}]}', "field 'arguments.n.default': must be of type integer"),
@@ -61,6 +66,11 @@ def test_errors_name_file_script_and_field(tmp_path: Path, text: str, needle: st
         load_registry(path)
     assert str(path) in str(info.value)
     assert needle in str(info.value)
+
+
+def test_a_timeout_integer_beyond_any_float_is_refused() -> None:
+    with pytest.raises(RegistryError, match="field 'timeout': must be a finite number of seconds, got an integer too large"):
+        _parse(_entry(timeout=10**400))
 
 
 def test_unreadable_file_is_a_registry_error(tmp_path: Path) -> None:
