@@ -182,6 +182,10 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
     return types if isinstance(types, tuple) else (types,)
 
 
+#: The longest ``timeout`` a script may have, in seconds (a year).
+MAX_TIMEOUT = 366 * 24 * 3600
+
+
 def _finite_seconds(value: int | float) -> float | None:
     """``value`` as a float, or ``None`` when it is NaN, infinite or too large for a float."""
     try:
@@ -378,6 +382,8 @@ def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script
         raise check.fail("timeout", f"must be a finite number of seconds, got {shown}")
     if seconds <= 0:
         raise check.fail("timeout", f"must be positive, got {timeout}")
+    if seconds > MAX_TIMEOUT:  # beyond what threading's waits accept
+        raise check.fail("timeout", f"must be at most {MAX_TIMEOUT} seconds (a year), got {timeout}")
     max_retries = check.get("max_retries", int, None, "an integer")
     if max_retries is not None and max_retries < 0:
         raise check.fail("max_retries", f"must be 0 or more, got {max_retries}")

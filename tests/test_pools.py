@@ -617,3 +617,13 @@ def test_urllib3_logs_never_show_request_paths_or_queries(
     assert caplog.records, "urllib3 logged nothing: the test would prove nothing"
     assert "s3cr3t" not in caplog.text and "/flaky" not in caplog.text
     assert "127.0.0.1" in caplog.text  # the host stays, for debugging
+
+
+def test_a_full_host_pool_waits_at_most_the_pool_timeout(server: _Server, make_http: Callable[..., HttpPool]) -> None:
+    pool = make_http(maxsize=1, pool_timeout=30)
+    held = pool.request("GET", _url(server, "/ok"))  # not released: it keeps the one connection
+    with pytest.raises(urllib3.exceptions.EmptyPoolError):
+        pool.request("GET", _url(server, "/ok"), pool_timeout=0.2)
+    assert pool.figures()["waits"] >= 1
+    held.release_conn()
+    assert pool.request("GET", _url(server, "/ok"), preload_content=True, pool_timeout=5).status == 200

@@ -52,6 +52,7 @@ def test_valid_entry_parsed_with_defaults_and_resolved_program() -> None:
         ('{"scripts": [{"id": "a", "command": ["x"], "timeout": Infinity}]}', "field 'timeout': must be a finite number of seconds, got Infinity"),
         ('{"scripts": [{"id": "a", "command": ["x"], "timeout": -Infinity}]}', "field 'timeout': must be a finite number of seconds, got -Infinity"),
         ('{"scripts": [{"id": "a", "command": ["x"], "timeout": NaN}]}', "field 'timeout': must be a finite number of seconds, got NaN"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "timeout": 1e300}]}', "field 'timeout': must be at most 31622400 seconds (a year), got 1e+300"),
         ('{"scripts": [{"id": "a", "command": ["x"], "timeout": 1e400}]}', "field 'timeout': must be a finite number of seconds, got Infinity"),
         ('{"scripts": [{"id": "a", "command": ["x"], "max_retries": -1}]}', "field 'max_retries': must be 0 or more"),
         ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": "int"}}}]}', "field 'arguments.n.type': unknown argument type 'int'"),

@@ -184,8 +184,12 @@ class HttpPool:
         status_forcelist: Iterable[int] = (429, 502, 503, 504),
         headers: Mapping[str, str] | None = None,
         num_pools: int = 10,
+        pool_timeout: float = 30.0,
     ) -> None:
         owner = "http pool"
+        # A response nobody releases keeps its connection: without a bound, a full host
+        # pool would make every later request to that host wait forever.
+        self._pool_timeout = check_positive(owner, "pool_timeout", pool_timeout)
         self.maxsize = check_int(owner, "maxsize", maxsize, 1)
         check_int(owner, "num_pools", num_pools, 1)
         check_int(owner, "retries", retries, 0)
@@ -226,6 +230,7 @@ class HttpPool:
         timeout: float | urllib3.Timeout | None = None,
         retries: urllib3.Retry | int | bool | None = None,
         preload_content: bool = False,
+        pool_timeout: float | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Send a request through the pool.
 
@@ -243,9 +248,12 @@ class HttpPool:
             retries: a ``urllib3.Retry``; an int keeps the pool's policy with that
                 many retries; False disables retries and redirects; None for the pool's.
             preload_content: read the whole body before returning.
+            pool_timeout: seconds to wait for a free connection when the host's pool
+                is full (None: the pool's ``pool_timeout``); then ``EmptyPoolError``.
 
         Raises:
-            urllib3.exceptions.HTTPError: unchanged from urllib3 (e.g. ``MaxRetryError``).
+            urllib3.exceptions.HTTPError: unchanged from urllib3 (e.g. ``MaxRetryError``,
+                ``EmptyPoolError``).
         """
         merged = urllib3.HTTPHeaderDict(self._headers)
         merged.update(headers or {})
@@ -264,6 +272,7 @@ class HttpPool:
                 timeout=self._timeout if timeout is None else timeout,
                 retries=retry,
                 preload_content=preload_content,
+                pool_timeout=self._pool_timeout if pool_timeout is None else pool_timeout,
             )
         except Exception:
             self._counts.record_request(error=True)
