@@ -7,7 +7,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from runtime.messages import CacheFigures, FacadeHits, RegistryChanged, RegistryLoaded, RegistryRejected
+from runtime.messages import CacheFigures, FacadeHits, RegistryChanged
 from runtime.registry import Script
 from runtime.registry_cache import CacheMemory, CacheView, RegistryCacheCore
 

@@ -27,8 +27,8 @@ from runtime.messages import (
     WorkerReady,
 )
 from runtime.registry import Script, load_registry
-from runtime.scheduling import Outcome, RetryPolicy, Running, SchedulerCore, SchedulerMemory
-from runtime.store import JobRecord, JobState, JobStore, MemoryStore, SqliteStore, recover
+from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory
+from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
 
 from actors.base import ActorContext, SupervisedActor, tell_ref
 

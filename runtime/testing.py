@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import sys
 import threading
 import time
@@ -32,6 +33,7 @@ __all__ = [
     "atomic_write",
     "inject_fault",
     "no_leaked_actors",
+    "process_gone",
     "registry_file",
     "require_service",
     "runtime",
@@ -58,6 +60,22 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
         if time.monotonic() >= deadline:
             raise AssertionError(message or f"condition not met within {timeout} s: {predicate!r}")
         pause.wait(interval)
+
+
+def process_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Wait up to ``timeout`` seconds for process ``pid`` to terminate; ``True`` once it has.
+
+    Waits on the process itself (a pidfd turns readable when it terminates), not on a
+    sleep; a zombie counts as gone.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def require_service(what: str, problem: object) -> None:

@@ -6,7 +6,6 @@ import errno
 import json
 import logging
 import os
-import select
 import signal
 import sys
 import textwrap
@@ -21,7 +20,7 @@ from runtime import command_executor
 from runtime.command_executor import CommandExecution
 from runtime.executors import ExecutionResult
 from runtime.registry import Script
-from runtime.testing import wait_until
+from runtime.testing import process_gone, wait_until
 
 WAIT = 10.0  # generous upper bound for every wait; a passing test never reaches it
 
@@ -30,17 +29,6 @@ def _command(tmp_path: Path, code: str, **fields: Any) -> Script:
     return Script(id="cmd", command=(sys.executable, "-c", textwrap.dedent(code)), folder=str(tmp_path), **fields)
 
 
-def _process_gone(pid: int) -> bool:
-    """Wait (on the process itself, not a sleep) until ``pid`` has terminated."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        # A pidfd becomes readable when the process terminates.
-        return bool(select.select([fd], [], [], WAIT)[0])
-    finally:
-        os.close(fd)
 
 
 # -- command scripts ---------------------------------------------------------------
@@ -104,7 +92,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert result.error == "timed out after 0.5s"
     assert result.duration < WAIT
     grandchild = int(result.stdout.split()[0])
-    assert _process_gone(grandchild)
+    assert process_gone(grandchild)
 
 
 def test_processes_left_behind_by_a_normal_exit_are_killed(tmp_path: Path) -> None:
@@ -116,7 +104,7 @@ def test_processes_left_behind_by_a_normal_exit_are_killed(tmp_path: Path) -> No
     """)
     result = CommandExecution(script, {}).run()
     assert result.status == "succeeded"
-    assert _process_gone(int(result.stdout))
+    assert process_gone(int(result.stdout))
 
 
 def test_death_by_signal_fails(tmp_path: Path) -> None:
@@ -169,7 +157,7 @@ def test_cancel_from_another_thread_kills_the_group(tmp_path: Path) -> None:
     [result] = results
     assert result.status == "cancelled"
     assert result.error == "cancelled"
-    assert _process_gone(int(result.stdout.split()[0]))
+    assert process_gone(int(result.stdout.split()[0]))
 
 
 def test_cancel_before_run_starts_nothing(tmp_path: Path) -> None:
@@ -342,7 +330,7 @@ def test_timeout_in_the_loop_kills_the_group(tmp_path: Path, wait_mode: str) -> 
     result = CommandExecution(script, {}).run()
     assert result.status == "timeout"
     assert result.exit_code == -15
-    assert _process_gone(int(result.stdout.split()[0]))
+    assert process_gone(int(result.stdout.split()[0]))
 
 
 def test_cancel_while_the_loop_waits_on_a_silent_child(tmp_path: Path, wait_mode: str) -> None:
@@ -412,7 +400,7 @@ def test_outputs_held_open_by_a_process_that_left_the_group_are_drained_for_a_bo
         assert "left the group" in caplog.text
     finally:
         os.kill(escaped, signal.SIGKILL)
-    assert _process_gone(escaped)
+    assert process_gone(escaped)
 
 
 def test_the_child_leads_its_own_group_and_inherits_only_0_to_2(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ validation, crashes of workers and of the whole process, drain, hung workers."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess

@@ -21,6 +21,7 @@ import pytest
 from runtime.executors import ExecutionResult, run_python
 from runtime.python_process import PythonProcess
 from runtime.registry import Script
+from runtime.testing import process_gone
 
 WAIT = 10.0  # generous upper bound for every wait; a passing test never reaches it
 
@@ -32,16 +33,6 @@ def _script(callable_spec: Any, **fields: Any) -> Script:
     return Script(id="py", kind="python", options=options, **fields)
 
 
-def _process_gone(pid: int) -> bool:
-    """Wait (on the process itself, not a sleep) until ``pid`` has terminated."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        return bool(select.select([fd], [], [], WAIT)[0])  # readable once it has terminated
-    finally:
-        os.close(fd)
 
 
 @pytest.fixture
@@ -207,8 +198,8 @@ def test_a_timeout_kills_the_host_group_and_the_next_run_has_a_new_host(process:
     assert result.exit_code == -signal.SIGKILL
     assert 0.5 <= result.duration < WAIT
     assert process.pid is None
-    assert _process_gone(old)
-    assert _process_gone(spawned[0])  # the job's own child went with the group
+    assert process_gone(old)
+    assert process_gone(spawned[0])  # the job's own child went with the group
     result = process.run(_script("pid"), {})
     assert result.status == "succeeded"
     assert result.value == process.pid and result.value != old
@@ -237,7 +228,7 @@ def test_cancel_from_another_thread_ends_the_run_quickly(process: PythonProcess,
     assert result.status == "cancelled"
     assert result.error == "cancelled"
     assert result.exit_code == -signal.SIGKILL
-    assert _process_gone(host_pids[0])
+    assert process_gone(host_pids[0])
     assert process.run(_script("pid"), {}).value not in (None, host_pids[0])
 
 
@@ -273,7 +264,7 @@ def test_a_host_that_exits_mid_job_fails_clearly(process: PythonProcess) -> None
 def test_a_host_that_died_between_jobs_is_replaced_silently(process: PythonProcess) -> None:
     pid = process.run(_script("pid"), {}).value
     os.kill(pid, signal.SIGKILL)
-    assert _process_gone(pid)
+    assert process_gone(pid)
     result = process.run(_script("pid"), {})
     assert result.status == "succeeded"
     assert result.value != pid
@@ -353,7 +344,7 @@ def test_close_leaves_no_process() -> None:
         os.kill(host, 0)
     with pytest.raises(ChildProcessError):  # already reaped: no zombie left
         os.waitpid(host, os.WNOHANG)
-    assert _process_gone(grandchild)
+    assert process_gone(grandchild)
     process.close()  # idempotent
     process.cancel()  # harmless
     with pytest.raises(RuntimeError):

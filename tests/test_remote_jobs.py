@@ -18,7 +18,7 @@ from runtime import Runtime
 from runtime.errors import PoolError
 from runtime.jobs_api import ToolExecutionService
 from runtime.pools import ConnectionPools
-from runtime.testing import require_service, wait_until, write_registry
+from runtime.testing import wait_until, write_registry
 
 psycopg2 = pytest.importorskip("psycopg2")
 
@@ -142,25 +142,8 @@ def test_cancel_a_running_http_job(
 
 
 @pytest.fixture
-def admin() -> Iterator[Any]:
-    try:
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres", connect_timeout=3)
-    except psycopg2.OperationalError as e:
-        require_service("PostgreSQL at 127.0.0.1:5432", e)
-    conn.autocommit = True
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def table(admin: Any) -> Iterator[str]:
-    name = f"jobs_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, name text NOT NULL)")
-        cur.execute(f"INSERT INTO {name} (name) VALUES ('alice'), ('bob')")
-    yield name
-    with admin.cursor() as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {name}")
+def table(names_table: Callable[[str, list[str]], str]) -> str:
+    return names_table("jobs", ["alice", "bob"])
 
 
 def _sql_registry(tmp_path: Path, table: str, marker: str) -> Path:

@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,23 +40,8 @@ def pools() -> Iterator[ConnectionPools]:
 
 
 @pytest.fixture
-def admin(pools: ConnectionPools) -> Iterator[Any]:
-    """A connection of its own, outside the pool, to look at what the scripts did."""
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, dbname="test", user="postgres")
-    conn.autocommit = True
-    yield conn
-    conn.close()
-
-
-@pytest.fixture
-def table(admin: Any) -> Iterator[str]:
-    name = f"sqlexec_{uuid.uuid4().hex[:12]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE TABLE {name} (id serial PRIMARY KEY, name text NOT NULL)")
-        cur.execute(f"INSERT INTO {name} (name) VALUES ('first')")
-    yield name
-    with admin.cursor() as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {name}")
+def table(pools: ConnectionPools, names_table: Callable[[str, list[str]], str]) -> str:
+    return names_table("sqlexec", ["first"])
 
 
 def _count(admin: Any, table: str) -> int:
