@@ -84,6 +84,8 @@ def _registry(folder: Path) -> Path:
          "arguments": {"i": {"type": "integer", "required": True}}},
         {"id": "spin", "kind": "python", "callable": "bench.noop:spin", "timeout": 600,
          "arguments": {"n": {"type": "integer", "required": True}}},
+        {"id": "spin_process", "kind": "python", "callable": "bench.noop:spin_reporting", "timeout": 600,
+         "isolation": "process", "arguments": {"n": {"type": "integer", "required": True}}},
         {"id": "true", "kind": "command", "command": ["/bin/true"]},
     ]
     path.write_text(json.dumps({"scripts": scripts}, indent=2))
@@ -481,6 +483,7 @@ def control_plane(registry: Path, n_idle: int, spin_seconds: float, rounds: int)
         finally:
             sys.setswitchinterval(default_interval)
         rt.wait_job(rt.submit("noop"), 60)
+        isolated = _under_isolated_spins(rt, ops, size, spin_seconds, rounds)
     finally:
         rt.stop()
     loaded = {name: summary(values) for name, values in busy.items() if values}
@@ -493,7 +496,30 @@ def control_plane(registry: Path, n_idle: int, spin_seconds: float, rounds: int)
         "p50_ratio_load_over_idle": {name: loaded[name]["p50_us"] / idle[name]["p50_us"] for name in loaded},
         "under_load_switch_interval_div_10 (diagnostic, one round)":
             {name: summary(values) for name, values in short.items() if values},
+        "under_load_isolation_process": isolated,
+        "p50_ratio_isolated_load_over_idle": {name: isolated[name]["p50_us"] / idle[name]["p50_us"]
+                                              for name in isolated},
     }
+
+
+def _under_isolated_spins(rt: Runtime, ops: dict[str, Callable[[], Any]], size: int, spin_seconds: float,
+                          rounds: int) -> dict[str, Any]:
+    """The same samples while the two spins run as ``"isolation": "process"`` python jobs."""
+    samples: dict[str, list[float]] = {name: [] for name in ops}
+    for _ in range(rounds):
+        spins = [rt.submit("spin_process", {"n": size}) for _ in range(2)]
+        deadline = time.monotonic() + 60
+        while not all((rt.status(j)["progress"] or {}).get("message") == "spinning" for j in spins):
+            if time.monotonic() > deadline:  # a host start takes ~0.3 s
+                raise TimeoutError("the isolated spin jobs did not start within 60 s")
+            time.sleep(0.005)
+        end = time.monotonic() + spin_seconds * 0.6  # well inside the spins' run time
+        for name, values in _sample(ops, lambda i: time.monotonic() < end, raw=True).items():
+            samples[name].extend(values)
+        for job_id in spins:
+            if rt.wait_job(job_id, 600)["status"] != "succeeded":
+                raise RuntimeError(f"isolated spin {job_id} failed")
+    return {name: summary(values) for name, values in samples.items() if values}
 
 
 def _sample(ops: dict[str, Callable[[], Any]], more: Callable[[int], bool], raw: bool = False) -> dict[str, Any]:

@@ -43,3 +43,12 @@ def spin(n: int = 5_000_000) -> int:
     finally:
         with _spin_lock:
             SPINNING -= 1
+
+
+def spin_reporting(n: int, progress: object) -> int:
+    """``spin`` that first reports progress: the cue that it runs, seen from another process."""
+    progress(0.0, "spinning")  # type: ignore[operator]
+    x = 0
+    for k in range(n):
+        x = (x + k * k) % 1_000_003
+    return x
