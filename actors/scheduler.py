@@ -235,7 +235,7 @@ class SchedulerActor(SupervisedActor):
         if status is None:
             return False
         if JobState(status["state"]).finished:
-            self._callbacks.post(fn, status, job_id=job_id)
+            self._notify(fn, status, job_id)
         else:
             self._waiters[job_id].append(fn)
         return True
@@ -341,6 +341,15 @@ class SchedulerActor(SupervisedActor):
     def _post_unflushed(self) -> None:
         waiting, self._unflushed = self._unflushed, []
         for job_id, fn, status in waiting:
+            self._notify(fn, status, job_id)
+
+    def _notify(self, fn: Callable[[dict[str, Any]], Any], status: dict[str, Any], job_id: str) -> None:
+        if getattr(fn, "runs_inline", False):
+            try:
+                fn(status)  # the runtime's own waiters only set an event: no hop, no queue behind user code
+            except Exception:
+                logger.exception("job %s: a completion waiter raised; ignored", job_id)
+        else:
             self._callbacks.post(fn, status, job_id=job_id)
 
     def _worker_alive(self, worker: str) -> bool:

@@ -33,8 +33,12 @@ async def wait_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
     done: asyncio.Future[dict[str, Any]] = loop.create_future()
 
     def finished(status: dict[str, Any]) -> None:
-        loop.call_soon_threadsafe(_resolve, done, status)
+        try:
+            loop.call_soon_threadsafe(_resolve, done, status)
+        except RuntimeError:  # the loop was closed meanwhile: nobody is waiting any more
+            pass
 
+    finished.runs_inline = True  # type: ignore[attr-defined]  # it never blocks: no hop through the callback thread
     await run_blocking(runtime.when_done, job_id, finished)
     return await done
 

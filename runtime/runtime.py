@@ -465,7 +465,14 @@ _PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
 
 class _Waiter:
-    """A completion callback that a thread can block on."""
+    """A completion callback that a thread can block on.
+
+    It only sets an event, so the scheduler calls it on its own thread
+    (``runs_inline``) instead of queueing it behind users' callbacks: a slow
+    user callback never delays ``wait_job`` or ``run``.
+    """
+
+    runs_inline = True
 
     def __init__(self) -> None:
         self._done = threading.Event()
