@@ -35,7 +35,8 @@ class Settings:
 
     Attributes:
         registry_path: the registry file (``REGISTRY_PATH``).
-        cache_size: most registry entries the cache keeps (``CACHE_SIZE``).
+        cache_size: most registry entries the cache keeps (``CACHE_SIZE``); 0 keeps
+            none, so every lookup reads the registry file.
         cache_memory_mb: most memory the cached entries may take, in MiB
             (``CACHE_MEMORY_MB``; fractions allowed).
         job_concurrency: number of workers (``JOB_CONCURRENCY``).
@@ -82,9 +83,11 @@ class Settings:
     drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("cache_size", "job_concurrency", "max_restarts"):
+        for name in ("job_concurrency", "max_restarts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"setting {name} must be at least 1, got {getattr(self, name)}")
+        if self.cache_size < 0:
+            raise ConfigError(f"setting cache_size must be 0 (no caching) or more, got {self.cache_size}")
         for name in ("cache_memory_mb", "poll_interval", "restart_window", "ask_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"setting {name} must be positive, got {getattr(self, name)}")

@@ -87,7 +87,7 @@ class ToolExecutionService:
     Args:
         registry_path: the registry file.
         max_retries: retries of a failed job when its script does not say.
-        enable_cache: ``False`` keeps a single entry in the cache, so nearly every
+        enable_cache: ``False`` keeps nothing in the cache (``cache_size=0``): every
             lookup reads the registry file.
         enable_async: allow ``execute_async``.
         cache_size: entries the cache keeps.
@@ -100,7 +100,7 @@ class ToolExecutionService:
                  redis_url: str | None = None, **settings: Any) -> None:
         if redis_url:
             raise ConfigError("redis_url: the Redis backend is not available yet in this version")
-        self._settings = dict(settings, max_retries=max_retries, cache_size=1 if not enable_cache else cache_size)
+        self._settings = dict(settings, max_retries=max_retries, cache_size=0 if not enable_cache else cache_size)
         self._registry_path = registry_path
         self.enable_async = enable_async
         #: Database and HTTP pools of ``sql`` and ``http`` scripts:

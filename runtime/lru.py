@@ -73,6 +73,8 @@ class LruCache:
     def put(self, key: str, value: Any) -> list[str]:
         """Insert or replace ``key``; returns the keys evicted to make room."""
         self.pop(key)
+        if self.max_entries == 0:  # caching switched off: nothing is kept, nothing evicted
+            return []
         size = deep_size(value) + deep_size(key)
         if size > self.max_bytes:
             return []

@@ -22,7 +22,7 @@ def test_keyword_beats_environment_beats_default() -> None:
     ("env", "kwargs", "needle"),
     [
         ({"CACHE_SIZE": "lots"}, {}, "cache_size (environment variable CACHE_SIZE) must be an integer"),
-        ({"CACHE_SIZE": "0"}, {}, "cache_size must be at least 1"),
+        ({"CACHE_SIZE": "-1"}, {}, "cache_size must be 0 (no caching) or more"),
         ({}, {"cache_memory_mb": -1}, "cache_memory_mb must be positive"),
         ({}, {"watcher": "magic"}, "watcher must be one of"),
         ({}, {"cache_sise": 3}, "unknown setting 'cache_sise'"),

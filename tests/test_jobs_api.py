@@ -105,3 +105,14 @@ def test_tool_execution_service_as_the_specification_writes_it(tmp_path: Path) -
         assert {"failures", "avg_execution_time", "p50_execution_time", "p95_execution_time",
                 "p99_execution_time"} <= set(stats)
         assert json.dumps(stats)
+
+
+def test_enable_cache_false_keeps_nothing_so_every_lookup_reads_the_file(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    with ToolExecutionService(str(registry), enable_cache=False, job_storage_path=tmp_path / "jobs",
+                              watcher="polling") as tes:
+        for _ in range(3):
+            assert tes.cache.get_script("echo").id == "echo"
+        stats = tes.cache.get_stats()
+        assert (stats["hits"], stats["misses"], stats["evictions"]) == (0, 3, 0)
+        assert tes.execute("echo", {"text": "x"})["status"] == "succeeded"
