@@ -3,6 +3,7 @@ retries failed attempts after a backoff, and answers questions about them."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 HANG_GRACE = 5.0
 #: Most changed records held back for one group commit while messages keep coming.
 FLUSH_BATCH = 256
+#: Ended jobs remembered as having had a progress callback (see ``when_done``).
+OBSERVED_KEPT = 4096
 
 
 def job_status(record: JobRecord) -> dict[str, Any]:
@@ -98,6 +101,9 @@ class SchedulerActor(SupervisedActor):
         self._timers: dict[str, TimerHandle] = {}
         self._draining = False
         self._failed = False
+        # Recently ended jobs that had a progress callback (oldest first): a waiter that
+        # comes after the end must still run after those callbacks.
+        self._observed: dict[str, None] = {}
         # Completion waiters whose job's final state is not committed yet.
         self._unflushed: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any]]] = []
 
@@ -235,7 +241,10 @@ class SchedulerActor(SupervisedActor):
         if status is None:
             return False
         if JobState(status["state"]).finished:
-            self._notify(fn, status, job_id)
+            if job_id in self._observed:
+                self._callbacks.post(fn, status, job_id=job_id)  # behind its progress callbacks
+            else:
+                self._notify(fn, status, job_id)
         else:
             self._waiters[job_id].append(fn)
         return True
@@ -262,6 +271,18 @@ class SchedulerActor(SupervisedActor):
         """Stop starting jobs (graceful stop); returns how many are still running."""
         self._draining = True
         return len(self._core().running)
+
+    def retire_worker(self, name: str) -> bool:
+        """Stop giving jobs to worker ``name`` (the pool shrinks); ``True`` once it is idle."""
+        return self._core().retire(name)
+
+    def worker_busy(self, name: str) -> bool:
+        """Whether worker ``name`` still runs an attempt."""
+        return self._core().busy(name)
+
+    def enlist_worker(self, name: str) -> None:
+        """Worker ``name`` (about to start, as the pool grows) may get jobs once ready."""
+        self._core().enlist(name)
 
     def running_count(self) -> int:
         return len(self._core().running)
@@ -460,8 +481,15 @@ class SchedulerActor(SupervisedActor):
         self._timers[job_id] = self.context.clock.call_later(delay, lambda: _tell(me, RetryDue(job_id)))
 
     def _ended(self, job_id: str, record: JobRecord | None) -> None:
-        self._progress_callbacks.pop(job_id, None)
+        had_callback = self._progress_callbacks.pop(job_id, None) is not None
         waiters = self._waiters.pop(job_id, [])
+        if had_callback:
+            self._observed[job_id] = None
+            if len(self._observed) > OBSERVED_KEPT:
+                self._observed.pop(next(iter(self._observed)))
+            # Through the callback thread, so they run after this job's progress callbacks
+            # (a partial has no ``runs_inline``): whoever waits for the job sees them done.
+            waiters = [functools.partial(fn) for fn in waiters]
         if waiters:
             status = job_status(record) if record is not None else self.status(job_id)
             if status is None:

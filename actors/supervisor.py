@@ -103,6 +103,32 @@ class SupervisorActor(pykka.ThreadingActor):
         refs = [self._directory.get(name) for name in reversed(self._order)]
         return [ref for ref in refs if ref is not None]
 
+    def add_child(self, spec: ChildSpec) -> None:
+        """Start a new child (a worker, as the pool grows) and supervise it like the others."""
+        if self._stopping or spec.name in self._specs:
+            return
+        self._specs[spec.name] = spec
+        self._order.append(spec.name)
+        self._started.add(spec.name)  # the tree is ready already: this one is not waited for
+        self._start_child(spec.name)
+
+    def remove_child(self, name: str) -> pykka.ActorRef[Any] | None:
+        """Stop supervising ``name`` (the pool shrinks); returns its live ref for the caller
+        to stop (stopping it here would block this actor)."""
+        if name not in self._specs:
+            return None
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        self._generation[name] = self._generation.get(name, 0) + 1  # a pending restart is void
+        del self._specs[name]
+        self._order.remove(name)
+        self._started.discard(name)
+        self._current.pop(name, None)
+        ref = self._directory.get(name)
+        self._directory.set(name, None)
+        return ref
+
     def restarts(self) -> dict[str, dict[str, Any]]:
         """Restarts granted and the last failure, by child."""
         return {

@@ -100,31 +100,20 @@ class ToolExecutionService:
                  redis_url: str | None = None, **settings: Any) -> None:
         if redis_url:
             raise ConfigError("redis_url: the Redis backend is not available yet in this version")
-        self._settings = dict(settings, max_retries=max_retries, cache_size=0 if not enable_cache else cache_size)
-        self._registry_path = registry_path
+        settings = dict(settings, max_retries=max_retries, cache_size=0 if not enable_cache else cache_size)
         self.enable_async = enable_async
         #: Database and HTTP pools of ``sql`` and ``http`` scripts:
         #: ``tes.connection_pool.init_postgres_pool(host=..., database=..., minconn=1, maxconn=20)``.
         self.connection_pool = ConnectionPools()
-        self.runtime = Runtime.start(registry_path, pools=self.connection_pool, **self._settings)
+        self.runtime = Runtime.start(registry_path, pools=self.connection_pool, **settings)
         self.cache = RegistryCache(self.runtime)
         self.queue = JobQueue(self.runtime)
 
     async def init_async_queue(self, concurrency_limit: int = 10) -> JobQueue:
-        """Size the worker pool to ``concurrency_limit``.
-
-        The pool is fixed for a running runtime, so a different size restarts it:
-        running jobs drain, queued ones wait in the store and run after the restart.
-        """
+        """Size the worker pool to ``concurrency_limit`` (grown or shrunk in place: running
+        jobs finish, queued ones stay queued, figures are kept)."""
         if concurrency_limit != self.runtime.settings.job_concurrency:
-            def restart() -> None:
-                self.runtime.stop()
-                self._settings["job_concurrency"] = concurrency_limit
-                self.runtime = Runtime.start(self._registry_path, pools=self.connection_pool, **self._settings)
-
-            await run_blocking(restart)
-            self.cache = RegistryCache(self.runtime)
-            self.queue = JobQueue(self.runtime)
+            await run_blocking(self.runtime.resize_workers, concurrency_limit)
         return self.queue
 
     def execute(self, script_id: str, arguments: dict[str, Any] | None = None,

@@ -18,7 +18,7 @@ import pykka
 from runtime.callbacks import CallbackRunner
 from runtime.clock import Clock, SystemClock
 from runtime.config import Settings, load_settings
-from runtime.errors import InvalidArguments, JobNotFound, RuntimeStopped, SupervisorEscalated
+from runtime.errors import ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, SupervisorEscalated
 from runtime.executors import validate_arguments
 from runtime.messages import InjectFault
 from runtime.pools import ConnectionPools
@@ -142,9 +142,16 @@ class Runtime:
         atexit.register(self.stop)
         logger.info("runtime started on %s", self.settings.registry_path)
 
-    def _child_specs(self) -> list[ChildSpec]:
+    def _context_factory(self) -> Callable[[str], ActorContext]:
+        settings = self.settings
+
         def context(name: str) -> ActorContext:
-            return ActorContext(name, self.settings, self.clock, self.directory)
+            return ActorContext(name, settings, self.clock, self.directory)
+
+        return context
+
+    def _child_specs(self) -> list[ChildSpec]:
+        context = self._context_factory()
 
         watcher_args: dict[str, Any] = {}
         if self._inotify_factory is not None:
@@ -421,6 +428,42 @@ class Runtime:
         """Submit a job and wait for its end; its final status."""
         waiter = _Waiter()
         return waiter.result(self.submit(script_id, arguments, on_done=waiter, **options), timeout)
+
+    def resize_workers(self, count: int, drain: float | None = None) -> None:
+        """Grow or shrink the worker pool to ``count`` WorkerActors, without a restart.
+
+        New workers start at once. Workers beyond ``count`` get no more jobs; each is
+        stopped once its running attempt has ended (waiting at most ``drain`` seconds,
+        default ``drain_timeout``; one still busy then is stopped after its attempt,
+        whose report still counts).
+
+        Raises:
+            ConfigError: ``count`` is not an integer of at least 1.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"the worker pool needs at least 1 worker, got {count!r}")
+        self._check_running()
+        timeout = self.settings.ask_timeout
+        supervisor = self.proxy("supervisor")
+        current = self.settings.job_concurrency
+        context = self._context_factory()
+        for index in range(current, count):
+            name = f"worker-{index}"
+            self.scheduler.enlist_worker(name).get(timeout=timeout)
+            supervisor.add_child(self._worker_spec(name, context)).get(timeout=timeout)
+        deadline = time.monotonic() + (self.settings.drain_timeout if drain is None else drain)
+        pause = threading.Event()
+        for index in reversed(range(count, current)):
+            name = f"worker-{index}"
+            idle = self.scheduler.retire_worker(name).get(timeout=timeout)
+            while not idle and time.monotonic() < deadline:
+                pause.wait(0.01)
+                idle = not self.scheduler.worker_busy(name).get(timeout=timeout)
+            ref = supervisor.remove_child(name).get(timeout=timeout)
+            if ref is not None:
+                _stop_ref(ref, timeout)
+        self.settings = dataclasses.replace(self.settings, job_concurrency=count)
+        logger.info("worker pool resized from %d to %d", current, count)
 
     def queue_stats(self) -> dict[str, Any]:
         """``queue_size``, ``running_jobs``, ``completed_jobs``, ``failed_jobs`` and more."""

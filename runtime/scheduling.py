@@ -128,6 +128,7 @@ class SchedulerCore:
     _queue: list[tuple[int, int, str]] = field(default_factory=list)
     _waiting_retry: set[str] = field(default_factory=set)
     _busy_after_cancel: set[str] = field(default_factory=set)
+    retired: set[str] = field(default_factory=set)
 
     # --- intake ----------------------------------------------------------------------
 
@@ -189,8 +190,25 @@ class SchedulerCore:
 
     def _release(self, worker: str) -> None:
         self._busy_after_cancel.discard(worker)
+        if worker in self.retired:
+            return
         if worker not in self.idle and all(r.worker != worker for r in self.running.values()):
             self.idle.append(worker)
+
+    def retire(self, worker: str) -> bool:
+        """Give ``worker`` no more jobs (the pool shrinks); ``True`` once it runs none."""
+        self.retired.add(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        return not self.busy(worker)
+
+    def busy(self, worker: str) -> bool:
+        """Whether ``worker`` still runs an attempt (or a cancelled one not yet reported)."""
+        return worker in self._busy_after_cancel or any(r.worker == worker for r in self.running.values())
+
+    def enlist(self, worker: str) -> None:
+        """``worker`` (a name the pool grows into again) may get jobs once it is ready."""
+        self.retired.discard(worker)
 
     def worker_lost(self, worker: str) -> str | None:
         """A worker died; returns the job it was running, if any."""
