@@ -116,6 +116,8 @@ class SchedulerActor(SupervisedActor):
             memory.store = (self._store_factory() if self._store_factory
                             else SqliteStore(Path(settings.job_storage_path or ".jobs")))
         core = self.core = SchedulerCore(memory.store, time.time, settings.max_retries)
+        core.completed, core.failed, core.cancelled = memory.counts
+        core.retired = set(memory.retired)
         # Attempts of the failed instance whose worker is still the same live actor
         # carry on: that worker's report comes here. The others were lost with it.
         live = {job_id: run for job_id, run in memory.running.items() if self._worker_alive(run.worker)}
@@ -144,12 +146,16 @@ class SchedulerActor(SupervisedActor):
 
     def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:
+        # Hand over before the failure is reported: the supervisor may start the next
+        # instance at once, and it must find everything (and the store free).
         self._failed = True
+        self._hand_over()
         super().on_failure(exception_type, exception_value, traceback)
 
-    def teardown(self) -> None:
+    def _hand_over(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
+        self._timers.clear()
         core = self.core
         if core is None:
             return
@@ -159,12 +165,22 @@ class SchedulerActor(SupervisedActor):
             logger.exception("scheduler: the last changes could not be written; the next start redoes them")
             for job_id, fn, _status in self._unflushed:
                 self._waiters[job_id].append(fn)
+            self._unflushed = []
+        memory = self.memory
+        memory.counts = (core.completed, core.failed, core.cancelled)
+        memory.retired = set(core.retired)
         if self._failed:
             # A restarted instance adopts the attempts still running on live workers.
-            self.memory.running = dict(core.running)
+            memory.running = dict(core.running)
+
+    def teardown(self) -> None:
+        if self._failed:
+            return  # handed over in on_failure
+        self._hand_over()
+        if self.core is None:
             return
         # A stop: jobs still running stay "running" in the store; the next start retries them.
-        for run in core.running.values():
+        for run in self.core.running.values():
             if run.cancel is not None:
                 run.cancel()
         self.memory.close()
@@ -301,7 +317,16 @@ class SchedulerActor(SupervisedActor):
             core = self.core
             if core is not None and (core.dirty or self._unflushed) and (
                     len(core.dirty) >= FLUSH_BATCH or self.actor_inbox.empty()):
-                self._flush()
+                self._flush_quietly()
+
+    def _flush_quietly(self) -> None:
+        """Flush; a store that fails is logged and the changes stay pending for the next
+        commit, instead of turning the answer to whatever was asked into an error (a
+        submit that failed this way would still have been accepted)."""
+        try:
+            self._flush()
+        except ActorRuntimeError as e:
+            logger.error("scheduler: %d job changes not written yet: %s", len(self._core().dirty), e)
 
     def on_receive(self, message: Any) -> Any:
         core = self._core()
@@ -311,7 +336,9 @@ class SchedulerActor(SupervisedActor):
                 self._cancel_timer(message.job_id)  # a stale report must not cancel a retry timer
             result = message.result
             record = core.jobs.get(message.job_id)
-            if record is not None:  # a report about a job already closed (cancelled) is not counted
+            if record is not None and run is not None and run.attempt == message.attempt:
+                # Only the report of the attempt in flight counts: not one about a job
+                # already closed (cancelled), nor one sent again after a scheduler restart.
                 self.exec_stats.add(record.script_id, result.get("duration", 0.0), result.get("status") == "succeeded")
             # Only the current instance of a worker frees it: a replaced (hung) one reports late.
             ref = self._worker_refs.get(message.worker)
@@ -421,7 +448,12 @@ class SchedulerActor(SupervisedActor):
         if self._draining:
             return
         core = self._core()
-        for start in core.dispatch():
+        starts = core.dispatch()
+        if any(self._in_process(s.record.script_id) for s in starts):
+            # A job run inside this process can kill it: its attempt must be on disk before
+            # it starts, or a job that crashes the runtime would never use up its retries.
+            self._flush_quietly()
+        for start in starts:
             script = self._scripts.get(start.record.script_id)
             if script is None:
                 error = f"script {start.record.script_id!r} is no longer in the registry"
@@ -434,6 +466,11 @@ class SchedulerActor(SupervisedActor):
                 core.worker_lost(start.worker)
                 continue
             self._arm_deadline(start.record.id, start.attempt, script.timeout)
+
+    def _in_process(self, script_id: str) -> bool:
+        script = self._scripts.get(script_id)
+        return (script is not None and script.kind == "python"
+                and script.options.get("isolation", "thread") == "thread")
 
     def _tell_worker(self, worker: str, message: RunJob) -> bool:
         return tell_ref(self._worker_refs.get(worker) or self.context.directory.get(worker), message)

@@ -43,6 +43,9 @@ class WorkerActor(SupervisedActor):
         super().__init__(context)
         self.pools = pools or ConnectionPools()
         self._python_process: PythonProcess | None = None  # this worker's host for isolated python jobs
+        # The last report, sent again when a (restarted) scheduler asks who is ready: one
+        # sent while no scheduler was listening is lost otherwise. Duplicates are ignored.
+        self._last_report: JobFinished | None = None
 
     def setup(self) -> None:
         self._ready()
@@ -55,6 +58,8 @@ class WorkerActor(SupervisedActor):
         if isinstance(message, RunJob):
             self._run(message)  # its JobFinished frees this worker in the scheduler
         elif isinstance(message, ReportReady):
+            if self._last_report is not None:
+                self.context.directory.tell("scheduler", self._last_report)
             self._ready()
         else:
             return super().on_receive(message)
@@ -79,7 +84,8 @@ class WorkerActor(SupervisedActor):
             result = execution.run()
             if script.kind in ("http", "sql"):
                 directory.tell("stats", PoolFigures(self.pools.figures()))
-        directory.tell("scheduler", JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn))
+        self._last_report = JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn)
+        directory.tell("scheduler", self._last_report)
 
     def _execution(self, script: Script, arguments: dict[str, Any], progress: Any) -> _Execution:
         if script.kind == "command":

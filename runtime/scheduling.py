@@ -94,6 +94,8 @@ class SchedulerMemory:
     running: dict[str, Running] = field(default_factory=dict)
     worker_refs: dict[str, Any] = field(default_factory=dict)
     exec_stats: ExecutionStats = field(default_factory=ExecutionStats)
+    counts: tuple[int, int, int] = (0, 0, 0)  # completed, failed, cancelled
+    retired: set[str] = field(default_factory=set)
 
     def close(self) -> None:
         """Close the store (idempotent); the runtime calls it once its actors are gone."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 #: Tokens of the calls that ran, in order.
@@ -81,6 +82,17 @@ def block_then_report(name: str, progress: Any) -> str:
     block(name)
     progress(0.5, f"{name} released")
     return name
+
+
+def stored_running(store: str) -> int:
+    """How many jobs the store file says are running, read while this job runs."""
+    from runtime.store import SqliteStore
+
+    reader = SqliteStore(Path(store))
+    try:
+        return reader.counts()["running"]
+    finally:
+        reader.close()
 
 
 def hang_once(name: str) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
-from runtime.errors import ConfigError, InvalidArguments, JobNotFound, ScriptNotFound
+from runtime.errors import ConfigError, InvalidArguments, JobNotFound, ScriptNotFound, StoreError
 from runtime.store import INTERRUPTED_ERROR, MemoryStore, SqliteStore
 from runtime.testing import inject_fault, replaced, wait_until, write_registry
 from tests import jobs_helpers as helpers
@@ -60,6 +60,7 @@ SCRIPTS = [
        retry_backoff={"min": 0.5, "max": 0.5}),
     py("report", "report", {"token": STR}),
     py("block_then_report", "block_then_report", {"name": STR}),
+    py("stored_running", "stored_running", {"store": STR}),
     py("maybe_block", "maybe_block", {"n": {"type": "integer", "required": True}}),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
     {"id": "sleeper", "command": [PY, "-c", REPORT_PID_AND_SLEEP], "timeout": 30, "max_retries": 0},
@@ -692,3 +693,53 @@ def test_the_worker_pool_grows_and_shrinks_without_a_restart(
     assert [rt.wait_job(j, timeout=5)["status"] for j in later] == ["succeeded"] * 2
     with pytest.raises(ConfigError):
         rt.resize_workers(0)
+
+
+def test_an_in_process_job_starts_only_once_its_attempt_is_stored(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    # A python job on a worker thread can kill the whole process: were its attempt not
+    # on disk when it starts, a job that crashes the runtime would never use up its retries.
+    store = tmp_path / "store"
+    rt = start_runtime(registry, job_storage_path=store, job_concurrency=2, **quiet())
+    seen = [rt.run("stored_running", {"store": str(store)}, timeout=10)["result"]["value"] for _ in range(20)]
+    assert seen == [1] * 20
+
+
+def test_a_report_sent_while_the_scheduler_restarts_is_not_lost(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=1, backoff_min=0.3, backoff_max=0.3, **quiet())
+    job = _restart_scheduler_during(rt, "gap")
+    old = inject_fault(rt, "scheduler")
+    wait_until(lambda: rt.directory.get("scheduler") is None, message="scheduler not down")
+    helpers.release("gap")  # the job ends while no scheduler listens: its report is dropped
+    wait_until(lambda: replaced(rt, "scheduler", old), message="scheduler not restarted")
+    final = rt.wait_job(job, timeout=5)  # the worker says it again when the new one asks
+    assert final["status"] == "succeeded" and [a["status"] for a in final["attempts"]] == ["succeeded"]
+    assert helpers.CALLS == ["gap"]
+
+
+class _FailingOnce(MemoryStore):
+    """A store whose next write of changes only (not a submit's) fails once."""
+
+    fail_next = False
+
+    def write(self, added: Any = (), updated: Any = ()) -> None:
+        added = list(added)
+        if not added and self.fail_next:
+            self.fail_next = False
+            raise StoreError("disk I/O error (simulated)")
+        super().write(added, updated)
+
+
+def test_a_failed_group_commit_does_not_turn_an_accepted_submit_into_an_error(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    store = _FailingOnce()
+    rt = start_runtime(registry, job_concurrency=1, store_factory=lambda: store, **quiet())
+    store.fail_next = True
+    job = rt.submit("record", {"token": "kept"})  # its own commit worked: it is accepted
+    assert rt.wait_job(job, timeout=5)["status"] == "succeeded"
+    assert helpers.CALLS == ["kept"]
+    wait_until(lambda: store.counts()["succeeded"] == 1, message="the pending changes were never written")
