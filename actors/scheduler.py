@@ -142,7 +142,7 @@ class SchedulerActor(SupervisedActor):
         core.flush()
         for name in self.context.directory.names():
             if name.startswith("worker-"):
-                self.context.directory.tell(name, ReportReady())
+                self.context.directory.tell(name, ReportReady(self.actor_ref))
 
     def on_failure(self, exception_type: type[BaseException] | None, exception_value: BaseException | None,
                    traceback: TracebackType | None) -> None:

@@ -14,7 +14,7 @@ from runtime.python_process import PythonProcess
 from runtime.registry import Script
 from runtime.sql_executor import SqlExecution
 
-from actors.base import ActorContext, SupervisedActor
+from actors.base import ActorContext, SupervisedActor, tell_ref
 
 __all__ = ["WorkerActor"]
 
@@ -58,15 +58,23 @@ class WorkerActor(SupervisedActor):
         if isinstance(message, RunJob):
             self._run(message)  # its JobFinished frees this worker in the scheduler
         elif isinstance(message, ReportReady):
-            if self._last_report is not None:
-                self.context.directory.tell("scheduler", self._last_report)
-            self._ready()
+            if message.reply_to is None:
+                if self._last_report is not None:
+                    self.context.directory.tell("scheduler", self._last_report)
+                self._ready()
+            else:
+                if self._last_report is not None:
+                    tell_ref(message.reply_to, self._last_report)
+                tell_ref(message.reply_to, self._ready_message())
         else:
             return super().on_receive(message)
         return None
 
     def _ready(self) -> None:
-        self.context.directory.tell("scheduler", WorkerReady(self.name, self.actor_urn, self.actor_ref))
+        self.context.directory.tell("scheduler", self._ready_message())
+
+    def _ready_message(self) -> WorkerReady:
+        return WorkerReady(self.name, self.actor_urn, self.actor_ref)
 
     def _run(self, job: RunJob) -> None:
         directory = self.context.directory

@@ -136,7 +136,11 @@ class WorkerReady:
 
 @dataclass(frozen=True, slots=True)
 class ReportReady:
-    """SchedulerActor → WorkerActor (after a scheduler restart): say ``WorkerReady`` when idle."""
+    """SchedulerActor → WorkerActor (after a scheduler restart): say ``WorkerReady`` when idle,
+    after repeating the last ``JobFinished``, to ``reply_to``: the new scheduler asks from its
+    start-up, before the supervisor has put it in the directory."""
+
+    reply_to: Any = None
 
 
 @dataclass(frozen=True, slots=True)
