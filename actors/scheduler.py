@@ -27,6 +27,7 @@ from runtime.messages import (
     RunJob,
     WorkerReady,
 )
+from runtime.python_process import START_TIMEOUT
 from runtime.registry import Script, load_registry
 from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
@@ -406,8 +407,13 @@ class SchedulerActor(SupervisedActor):
         return ref is not None and ref.is_alive() and (current is None or current.actor_urn == ref.actor_urn)
 
     def _timeout_of(self, script_id: str) -> float:
+        """How long an attempt may take before its worker counts as hung (less ``HANG_GRACE``)."""
         script = self._scripts.get(script_id)
-        return script.timeout if script is not None else 60.0  # the registry's default timeout
+        if script is None:
+            return 60.0  # the registry's default timeout
+        if script.kind == "python" and script.options.get("isolation", "thread") == "process":
+            return script.timeout + START_TIMEOUT  # a new host's start does not count against the timeout
+        return script.timeout
 
     def _core(self) -> SchedulerCore:
         if self.core is None:
@@ -465,7 +471,7 @@ class SchedulerActor(SupervisedActor):
                 self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
                 core.worker_lost(start.worker)
                 continue
-            self._arm_deadline(start.record.id, start.attempt, script.timeout)
+            self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
 
     def _in_process(self, script_id: str) -> bool:
         script = self._scripts.get(script_id)

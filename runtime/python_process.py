@@ -46,7 +46,7 @@ _PATH_ENV = "RUNTIME_PYTHON_HOST_PATH"  # our sys.path as a JSON list, for the h
 # already import runtime.python_host, which ``-m`` would then run as a second copy.
 _BOOTSTRAP = (f"import json, os, sys; sys.path[:] = json.loads(os.environ.pop({_PATH_ENV!r})); "
               "from runtime.python_host import main; sys.exit(main())")
-_START_TIMEOUT = 30.0  # seconds a new host may take to be ready (it imports the runtime package)
+START_TIMEOUT = 30.0  # seconds a new host may take to be ready (it imports the runtime package)
 
 
 @dataclass(slots=True)
@@ -275,7 +275,7 @@ class PythonProcess:
     def _exchange(self, host: _Host, payload: bytes, script: Script, attempt: _Attempt,
                   on_progress: ProgressCallback | None) -> _Outcome:
         """Send the request and read the host's lines until the result, its death, the deadline or a cancel."""
-        deadline = time.monotonic() + (script.timeout if host.ready else _START_TIMEOUT)
+        deadline = time.monotonic() + (script.timeout if host.ready else START_TIMEOUT)
         unsent = memoryview(payload)
         poller = select.poll()
         for fd in (host.stdout, host.pidfd, self._wake_r):
@@ -288,7 +288,7 @@ class PythonProcess:
                 return self._discard(host, "cancelled", "cancelled")
             remaining = deadline - time.monotonic()
             if remaining <= 0 and not host.ready:
-                error = f"script {script.id!r}: the python host was not ready within {_START_TIMEOUT:g}s"
+                error = f"script {script.id!r}: the python host was not ready within {START_TIMEOUT:g}s"
                 return self._discard(host, "failed", error)
             if remaining <= 0:
                 return self._discard(host, "timeout", f"timed out after {script.timeout:g}s")

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from runtime.errors import RegistryError
+from runtime.sql_text import quoted_spans
 
 __all__ = [
     "ARGUMENT_PLACEHOLDER",
@@ -328,10 +329,17 @@ def _parse_sql(check: _Checker, arguments: Mapping[str, ArgumentSpec]) -> dict[s
     query = check.get("query", str, None, "a string")
     if query is None or not query.strip():
         raise check.fail("query", "missing or empty (an sql script needs one)")
+    quoted = quoted_spans(query)
     for match in SQL_PLACEHOLDER.finditer(query):
         name = match.group(1)
         if match.group(0) == "%":
             raise check.fail("query", "stray '%': a parameter is %(name)s, a literal % is written %%")
+        inside = next((what for start, end, what in quoted if start <= match.start() < end), None)
+        if name is not None and inside is not None:
+            # psycopg2 writes the value as a quoted literal: inside quotes or a comment,
+            # a value could end them and be read as SQL.
+            raise check.fail("query", f"parameter %({name})s is inside {inside}; write it bare "
+                                      "(psycopg2 quotes the value itself)")
         if name is not None and name not in arguments:
             raise check.fail("query", f"parameter %({name})s names no declared argument "
                                       f"(declared: {', '.join(arguments) or 'none'})")

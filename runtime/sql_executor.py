@@ -150,6 +150,7 @@ class SqlExecution:
         self._lock = threading.Lock()
         self._cancelled = False
         self._connection: Any = None  # the connection while the query runs on it
+        self._pool: PostgresPool | None = None
         self._query_over = threading.Event()
 
     def cancel(self) -> None:
@@ -159,9 +160,7 @@ class SqlExecution:
                 return
             self._cancelled = True
             running = self._connection is not None
-            if running:
-                self._send_cancel()
-        if running:
+        if running:  # the caller may be the scheduler's thread: the request goes from a thread of its own
             threading.Thread(target=self._keep_cancelling, daemon=True, name=f"sql-cancel-{self.script.id}").start()
 
     def run(self) -> ExecutionResult:
@@ -193,7 +192,7 @@ class SqlExecution:
     def _run(self, started: float, deadline: float) -> ExecutionResult:
         self._checkpoint()
         try:
-            pool = self._pools.postgres(self._pool_name)
+            pool = self._pool = self._pools.postgres(self._pool_name)
         except PoolError as e:
             # Retryable: a job recovered at start-up can run before its owner has created
             # the pool (``submit`` refuses new jobs for a pool that does not exist).
@@ -280,19 +279,17 @@ class SqlExecution:
         rows = [{name: json_value(value) for name, value in zip(columns, row)} for row in fetched[: self._max_rows]]
         return rows, len(fetched) > self._max_rows
 
-    def _send_cancel(self) -> None:
-        """Ask the server to interrupt the query; the caller holds the lock, so the connection is still ours."""
-        try:
-            self._connection.cancel()
-        except psycopg2.Error as e:
-            log.debug("sql script %r: the cancel request failed: %s", self.script.id, type(e).__name__)
-
     def _keep_cancelling(self) -> None:
-        while not self._query_over.wait(_RECANCEL):
+        """Send cancel requests until the query is over (one that reaches the server before
+        the query does is lost). The lock is held while one is sent, so the connection
+        cannot go back to the pool, and to another job's query, meanwhile."""
+        while True:
             with self._lock:
-                if self._connection is None:
+                if self._connection is None or self._pool is None:
                     return
-                self._send_cancel()
+                self._pool.cancel_backend(self._connection.info.backend_pid)
+            if self._query_over.wait(_RECANCEL):
+                return
 
     def _database_error(self, error: psycopg2.Error, started: float) -> ExecutionResult:
         with self._lock:

@@ -222,3 +222,27 @@ def test_wrong_kind_and_second_run_are_the_callers_mistakes(pools: ConnectionPoo
     assert execution.run().status == "succeeded"
     with pytest.raises(RuntimeError):
         execution.run()
+
+
+def test_cancel_is_sent_as_pg_cancel_backend_from_a_thread_of_its_own(
+    pools: ConnectionPools, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not connection.cancel(): psycopg2 holds the GIL while libpq waits for the server's
+    # answer to it, so an unreachable server would freeze the process. The caller (the
+    # scheduler's thread) only sets a flag.
+    script = _script("SELECT pg_sleep(30)")
+    execution = SqlExecution(script, validate_arguments(script, {}), pools)
+    runner, results = _in_thread(execution)
+    wait_until(lambda: execution._connection is not None, message="the query never started")
+    requests: list[int] = []
+    real = type(pools.postgres()).cancel_backend
+
+    def counted(pool: Any, pid: int, timeout: float = 5.0) -> bool:
+        requests.append(pid)
+        return real(pool, pid, timeout)
+
+    monkeypatch.setattr(type(pools.postgres()), "cancel_backend", counted)
+    execution.cancel()
+    runner.join(10)
+    assert results[0].status == "cancelled"
+    assert requests and all(pid == requests[0] for pid in requests)

@@ -190,6 +190,33 @@ class PostgresPool:
         finally:
             self._checkin(conn)
 
+    def cancel_backend(self, pid: int, timeout: float = 5.0) -> bool:
+        """Ask the server to cancel the query that backend ``pid`` runs, over a connection
+        of its own; ``False`` when that could not be done (logged, never raised).
+
+        Not ``connection.cancel()``: psycopg2 holds the GIL while libpq sends a cancel
+        request and waits for the server, so an unreachable server would freeze every
+        thread of the process. A connect and a query let go of it.
+        """
+        psycopg2 = import_psycopg2()
+        params = dict(self._params, connect_timeout=max(1, min(int(timeout), int(self._params.get("connect_timeout", 10)))))
+        try:
+            conn = psycopg2.connect(**params)
+        except psycopg2.Error as error:
+            logger.warning("database pool %r: cannot connect to cancel a query: %s", self.name,
+                           scrub_secrets(str(error), self._params).splitlines()[0])
+            return False
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                return bool(cursor.fetchone()[0])
+        except psycopg2.Error as error:
+            logger.warning("database pool %r: the cancel request failed: %s", self.name, type(error).__name__)
+            return False
+        finally:
+            close_quietly(conn)
+
     def figures(self) -> dict[str, Any]:
         """The pool's state and cumulative counts, JSON-ready.
 
