@@ -17,6 +17,7 @@ from runtime.errors import ActorRuntimeError
 from runtime.messages import (
     ChildDown,
     DeadlinePassed,
+    FlushDue,
     JobFigures,
     JobFinished,
     JobProgress,
@@ -42,6 +43,8 @@ logger = logging.getLogger(__name__)
 HANG_GRACE = 5.0
 #: Most changed records held back for one group commit while messages keep coming.
 FLUSH_BATCH = 256
+#: Seconds before pending changes are committed again after a commit failed.
+FLUSH_RETRY = 0.5
 #: Ended jobs remembered as having had a progress callback (see ``when_done``).
 OBSERVED_KEPT = 4096
 
@@ -102,6 +105,7 @@ class SchedulerActor(SupervisedActor):
         self._timers: dict[str, TimerHandle] = {}
         self._draining = False
         self._failed = False
+        self._flush_retry_armed = False
         # Recently ended jobs that had a progress callback (oldest first): a waiter that
         # comes after the end must still run after those callbacks.
         self._observed: dict[str, None] = {}
@@ -201,13 +205,12 @@ class SchedulerActor(SupervisedActor):
             max_retries = script.max_retries
         record = JobRecord.new(script.id, arguments, priority=priority, max_retries=max_retries)
         self._remember(script)
-        core.submit(record)  # commits the pending changes too
-        self._post_unflushed()
+        core.accept(record)
         if callback is not None:
             self._progress_callbacks[record.id] = callback
         if on_done is not None:
             self._waiters[record.id].append(on_done)
-        self._dispatch()
+        self._dispatch(commit=True)
         return record.id
 
     def submit_many(self, jobs: list[tuple[Script, dict[str, Any]]], priority: int = 1,
@@ -218,12 +221,11 @@ class SchedulerActor(SupervisedActor):
         for script, arguments in jobs:
             self._remember(script)
             records.append(JobRecord.new(script.id, arguments, priority=priority, max_retries=script.max_retries))
-        core.submit(*records)
-        self._post_unflushed()
+        core.accept(*records)
         if on_done is not None:
             for record in records:
                 self._waiters[record.id].append(on_done)
-        self._dispatch()
+        self._dispatch(commit=True)
         return [record.id for record in records]
 
     def status(self, job_id: str) -> dict[str, Any] | None:
@@ -231,7 +233,7 @@ class SchedulerActor(SupervisedActor):
         core = self._core()
         record = core.jobs.get(job_id)
         if record is None:
-            self._flush()  # a finished job is read back from the store
+            self._flush_quietly()  # a finished job is read back from the store
             record = core.store.get(job_id)
         return None if record is None else job_status(record)
 
@@ -327,7 +329,12 @@ class SchedulerActor(SupervisedActor):
         try:
             self._flush()
         except ActorRuntimeError as e:
-            logger.error("scheduler: %d job changes not written yet: %s", len(self._core().dirty), e)
+            logger.error("scheduler: %d job changes not written yet, trying again in %g s: %s",
+                         len(self._core().dirty), FLUSH_RETRY, e)
+            if not self._flush_retry_armed:
+                self._flush_retry_armed = True
+                me = self.actor_ref
+                self.context.clock.call_later(FLUSH_RETRY, lambda: _tell(me, FlushDue()))
 
     def on_receive(self, message: Any) -> Any:
         core = self._core()
@@ -368,6 +375,9 @@ class SchedulerActor(SupervisedActor):
                 self._dispatch()
         elif isinstance(message, DeadlinePassed):
             self._deadline(message)
+        elif isinstance(message, FlushDue):
+            self._flush_retry_armed = False
+            self._flush_quietly()
         elif isinstance(message, ChildDown):
             self._worker_refs.pop(message.name, None)
             job_id = core.worker_lost(message.name)
@@ -450,12 +460,26 @@ class SchedulerActor(SupervisedActor):
             if script is not None:
                 self._remember(script)
 
-    def _dispatch(self) -> None:
-        if self._draining:
-            return
+    def _dispatch(self, commit: bool = False) -> None:
+        """Start what the idle workers can take.
+
+        Args:
+            commit: commit first whatever happens (a submit: its jobs must be stored
+                before it answers). Dispatching before that commit writes a job that
+                starts at once in its ``running`` state: one commit, not two.
+
+        Raises:
+            StoreError: the commit of a submit failed (the submit fails; nothing started).
+        """
         core = self._core()
-        starts = core.dispatch()
-        if any(self._in_process(s.record.script_id) for s in starts):
+        starts = [] if self._draining else core.dispatch()
+        if commit:
+            try:
+                self._flush()
+            except ActorRuntimeError:
+                core.reject()  # not stored: not accepted, and none of it starts
+                raise
+        elif any(self._in_process(s.record.script_id) for s in starts):
             # A job run inside this process can kill it: its attempt must be on disk before
             # it starts, or a job that crashes the runtime would never use up its retries.
             self._flush_quietly()

@@ -22,6 +22,7 @@ __all__ = [
     "ReplaceChild",
     "ReportReady",
     "RetryDue",
+    "FlushDue",
     "RunJob",
     "WorkerReady",
     "CacheFigures",
@@ -171,6 +172,11 @@ class JobFinished:
     worker: str
     result: dict[str, Any]
     urn: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FlushDue:
+    """Timer → SchedulerActor: try again to commit the changes a failed commit left pending."""
 
 
 @dataclass(frozen=True, slots=True)

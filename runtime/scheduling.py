@@ -127,6 +127,7 @@ class SchedulerCore:
     #: Changed records not yet written: ``flush()`` (or the next ``submit``) writes
     #: them in one transaction, so a burst costs one commit, not one per change.
     dirty: dict[str, JobRecord] = field(default_factory=dict)
+    added: dict[str, JobRecord] = field(default_factory=dict)  # accepted, not inserted yet
     _queue: list[tuple[int, int, str]] = field(default_factory=list)
     _waiting_retry: set[str] = field(default_factory=set)
     _busy_after_cancel: set[str] = field(default_factory=set)
@@ -137,9 +138,16 @@ class SchedulerCore:
     def submit(self, *records: JobRecord) -> None:
         """Accept jobs: durable in the store (with every pending change, one commit)
         before this returns."""
-        self.store.write(records, list(self.dirty.values()))
-        self.dirty.clear()
+        self.accept(*records)
+        self.flush()
+
+    def accept(self, *records: JobRecord) -> None:
+        """Accept jobs into the queue; the next ``flush`` inserts them. A caller that
+        dispatches first writes a job that starts at once in its ``running`` state,
+        one commit instead of two."""
         for record in records:
+            self.store.assign_seq(record)
+            self.added[record.id] = record
             self.jobs[record.id] = record
             heapq.heappush(self._queue, (record.priority, record.seq, record.id))
 
@@ -173,10 +181,23 @@ class SchedulerCore:
             return None
         return max(0.0, self.jobs[job_id].not_before - self.wall())
 
+    def reject(self) -> None:
+        """Undo the accepting of the jobs not inserted yet (their commit failed): they
+        leave the queue, and any of them already dispatched frees its worker."""
+        for job_id in list(self.added):
+            del self.added[job_id]
+            self.jobs.pop(job_id, None)
+            self.dirty.pop(job_id, None)
+            run = self.running.pop(job_id, None)
+            if run is not None:
+                self._release(run.worker)
+
     def flush(self) -> None:
-        """Write every pending change in one transaction."""
-        if self.dirty:
-            self.store.write((), list(self.dirty.values()))
+        """Write every pending change (accepted jobs too) in one transaction."""
+        if self.dirty or self.added:
+            added = list(self.added.values())
+            self.store.write(added, [r for job_id, r in self.dirty.items() if job_id not in self.added])
+            self.added.clear()
             self.dirty.clear()
 
     @property

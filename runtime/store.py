@@ -146,6 +146,7 @@ class JobStore(Protocol):
     def update(self, record: JobRecord) -> None: ...
     def update_many(self, records: Iterable[JobRecord]) -> None: ...
     def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None: ...
+    def assign_seq(self, record: JobRecord) -> None: ...
     def get(self, job_id: str) -> JobRecord | None: ...
     def unfinished(self) -> list[JobRecord]: ...
     def counts(self) -> dict[str, int]: ...
@@ -233,6 +234,11 @@ class MemoryStore:
     def write(self, added: Iterable[JobRecord] = (), updated: Iterable[JobRecord] = ()) -> None:
         """Store new records and overwrite others, all or none (an upsert, as ``SqliteStore``)."""
         self.add_or_update(added, updated, check=False)
+
+    def assign_seq(self, record: JobRecord) -> None:
+        """Give a new record its submission number now (``add`` would do it), so that it
+        can be queued before it is written."""
+        self._seq.assign(record)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The stored record, or ``None``."""
@@ -416,6 +422,11 @@ class SqliteStore:
             for start in range(0, len(rows), _UPSERT_ROWS):
                 chunk = rows[start:start + _UPSERT_ROWS]
                 conn.execute(_upsert(len(chunk)), [value for row in chunk for value in row])
+
+    def assign_seq(self, record: JobRecord) -> None:
+        """Give a new record its submission number now (``add`` would do it), so that it
+        can be queued before it is written."""
+        self._seq.assign(record)
 
     def get(self, job_id: str) -> JobRecord | None:
         """The stored record, or ``None``."""

@@ -743,3 +743,30 @@ def test_a_failed_group_commit_does_not_turn_an_accepted_submit_into_an_error(
     assert rt.wait_job(job, timeout=5)["status"] == "succeeded"
     assert helpers.CALLS == ["kept"]
     wait_until(lambda: store.counts()["succeeded"] == 1, message="the pending changes were never written")
+
+
+class _FailingInserts(MemoryStore):
+    """A store whose next write that inserts new jobs fails once."""
+
+    fail_next = False
+
+    def write(self, added: Any = (), updated: Any = ()) -> None:
+        added = list(added)
+        if added and self.fail_next:
+            self.fail_next = False
+            raise StoreError("disk full (simulated)")
+        super().write(added, updated)
+
+
+def test_a_submit_whose_commit_fails_is_refused_and_starts_nothing(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    store = _FailingInserts()
+    rt = start_runtime(registry, job_concurrency=1, store_factory=lambda: store, **quiet())
+    store.fail_next = True
+    with pytest.raises(StoreError, match="disk full"):
+        rt.submit("record", {"token": "lost"})
+    stats = rt.queue_stats()
+    assert (stats["queue_size"], stats["running_jobs"], stats["idle_workers"]) == (0, 0, 1)
+    assert rt.run("record", {"token": "next"}, timeout=5)["status"] == "succeeded"
+    assert helpers.CALLS == ["next"]  # the refused job never ran

@@ -418,3 +418,36 @@ def test_a_cancel_that_arrives_before_the_start_report_stops_the_attempt_when_it
     stopped: list[bool] = []
     assert core.started(job, start.attempt, lambda: stopped.append(True)) is False
     assert core.started("unknown", 1, None) is False
+
+
+def test_a_job_dispatched_before_its_first_commit_is_written_once_already_running() -> None:
+    core, store, _ = make_core()
+    writes: list[tuple[int, int]] = []
+    real = store.raw.write
+
+    def counted(added: Any = (), updated: Any = ()) -> None:
+        added, updated = list(added), list(updated)
+        writes.append((len(added), len(updated)))
+        real(added, updated)
+
+    store.raw.write = counted  # type: ignore[method-assign]
+    core.worker_ready("w0")
+    record = JobRecord.new("s", {})
+    core.accept(record)
+    assert record.seq > 0  # numbered before it is written, to take its place in the queue
+    (start,) = core.dispatch()
+    core.flush()
+    assert writes == [(1, 0)]  # one insert, no update
+    stored = store.raw.get(record.id)
+    assert stored is not None and stored.state is JobState.RUNNING and len(stored.attempts) == 1
+
+
+def test_reject_undoes_jobs_whose_commit_failed() -> None:
+    core, store, _ = make_core()
+    core.worker_ready("w0")
+    record = JobRecord.new("s", {})
+    core.accept(record)
+    core.dispatch()
+    core.reject()
+    assert record.id not in core.jobs and not core.running and core.idle == ["w0"]
+    assert core.dispatch() == [] and store.raw.get(record.id) is None
