@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import noop  # noqa: E402
-from bench.common import summary  # noqa: E402
+from bench.common import emit, summary  # noqa: E402
 from runtime import Runtime  # noqa: E402
 
 clock = time.perf_counter
@@ -588,11 +588,7 @@ def main() -> None:
                 continue
             results[name] = run(registry)
     results["meta"]["seconds"] = clock() - began
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        _print(results)
-    sys.stdout.flush()
+    emit(results, args.json, _print)
 
 
 if __name__ == "__main__":

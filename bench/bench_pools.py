@@ -48,7 +48,7 @@ import urllib3
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import summary  # noqa: E402
+from bench.common import emit, summary  # noqa: E402
 from runtime.pools import ConnectionPools, redact_dsn  # noqa: E402
 
 clock = time.perf_counter
@@ -585,11 +585,7 @@ def main() -> None:
     if not args.only or "postgres" in args.only:
         results["postgres"] = postgres_section(args.pg_dsn, n, rounds, blocks, warmup)
     results["meta"]["seconds"] = clock() - began
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        _print(results)
-    sys.stdout.flush()
+    emit(results, args.json, _print)
 
 
 if __name__ == "__main__":

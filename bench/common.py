@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -51,3 +53,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], n: int, warmup: int = 10
             fn()
             samples[name].append(clock() - start)
     return {name: summary(values) for name, values in samples.items()}
+
+
+def emit(results: dict[str, Any], as_json: bool, show: Callable[[dict[str, Any]], None]) -> None:
+    """Print a bench's figures: as JSON (``--json``, what the tests read) or readable."""
+    if as_json:
+        print(json.dumps(results, indent=2))
+    else:
+        show(results)
+    sys.stdout.flush()
