@@ -213,7 +213,8 @@ class HttpExecution:
         timeout = urllib3.Timeout(total=self.script.timeout)
         try:
             response = self._pool.request(request.method, request.url, headers=request.headers, body=request.body,
-                                          timeout=timeout, preload_content=False, pool_timeout=self.script.timeout)
+                                          timeout=timeout, preload_content=False, pool_timeout=self.script.timeout,
+                                          deadline=time.monotonic() + self.script.timeout)
         except Exception as e:  # transport errors; anything else is reported the same way, never raised here
             log.debug("http script %r: %s to %s raised %s", self.script.id, request.method, self._host,
                       type(e).__name__)

@@ -11,6 +11,7 @@ import os
 import json
 import urllib.parse
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -627,3 +628,12 @@ def test_a_full_host_pool_waits_at_most_the_pool_timeout(server: _Server, make_h
     assert pool.figures()["waits"] >= 1
     held.release_conn()
     assert pool.request("GET", _url(server, "/ok"), preload_content=True, pool_timeout=5).status == 200
+
+
+def test_no_retry_starts_after_the_deadline(server: _Server, make_http: Callable[..., HttpPool]) -> None:
+    pool = make_http(backoff_factor=0.01, retries=5)
+    server.failures_left = 10  # /retry-after answers 503 with Retry-After: 3600 (capped at 10 s)
+    response = pool.request("GET", _url(server, "/retry-after"), preload_content=True,
+                            deadline=time.monotonic() + 0.2)
+    assert response.status == 503
+    assert len(server.ports) == 2  # the first try, one retry after a wait cut to the deadline; no more

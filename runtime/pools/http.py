@@ -115,14 +115,33 @@ def _pool_classes(counts: _HttpCounts) -> dict[str, type[HTTPConnectionPool]]:
 
 
 class _Retry(urllib3.Retry):
-    """urllib3's ``Retry`` with ``Retry-After`` capped: a server asking for an hour must not
-    park a worker thread and its connection slot (urllib3 < 2.7 has no cap at all)."""
+    """urllib3's ``Retry`` with ``Retry-After`` capped (a server asking for an hour must not
+    park a worker thread and its connection slot; urllib3 < 2.7 has no cap at all) and an
+    optional ``deadline`` (``time.monotonic()``): no retry starts, and no wait runs, past
+    it, so a request its job gave up on (timed out, cancelled) frees its slot soon."""
 
     RETRY_AFTER_CAP = 10.0
 
+    def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def new(self, **kw: Any) -> _Retry:
+        kw.setdefault("deadline", self.deadline)
+        return super().new(**kw)
+
+    def is_exhausted(self) -> bool:
+        return super().is_exhausted() or (self.deadline is not None and time.monotonic() >= self.deadline)
+
     def get_retry_after(self, response: urllib3.BaseHTTPResponse) -> float | None:
         value = super().get_retry_after(response)
-        return None if value is None else min(value, self.RETRY_AFTER_CAP)
+        return None if value is None else min(value, self.RETRY_AFTER_CAP, self._left())
+
+    def get_backoff_time(self) -> float:
+        return min(super().get_backoff_time(), self._left())
+
+    def _left(self) -> float:
+        return float("inf") if self.deadline is None else max(0.0, self.deadline - time.monotonic())
 
 
 class _HideRequestTargets(logging.Filter):
@@ -231,6 +250,7 @@ class HttpPool:
         retries: urllib3.Retry | int | bool | None = None,
         preload_content: bool = False,
         pool_timeout: float | None = None,
+        deadline: float | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Send a request through the pool.
 
@@ -250,6 +270,8 @@ class HttpPool:
             preload_content: read the whole body before returning.
             pool_timeout: seconds to wait for a free connection when the host's pool
                 is full (None: the pool's ``pool_timeout``); then ``EmptyPoolError``.
+            deadline: ``time.monotonic()`` after which no retry starts and no retry
+                wait runs (a job's end): the last response or error is returned.
 
         Raises:
             urllib3.exceptions.HTTPError: unchanged from urllib3 (e.g. ``MaxRetryError``,
@@ -263,6 +285,8 @@ class HttpPool:
             # not one urllib3 knows): none of them follows a redirect to another host.
             retry = retry.new(remove_headers_on_redirect=set(retry.remove_headers_on_redirect)
                               | {name.lower() for name in merged})
+            if deadline is not None and isinstance(retry, _Retry):
+                retry = retry.new(deadline=deadline)
         try:
             response = self._manager.request(
                 method,
