@@ -233,8 +233,9 @@ class SchedulerActor(SupervisedActor):
         core = self._core()
         record = core.jobs.get(job_id)
         if record is None:
-            self._flush_quietly()  # a finished job is read back from the store
-            record = core.store.get(job_id)
+            self._flush_quietly()  # a finished job is read back from the store...
+            # ...unless its last change is not written yet (the commit failed): memory is newer.
+            record = core.dirty.get(job_id) or core.store.get(job_id)
         return None if record is None else job_status(record)
 
     def cancel(self, job_id: str) -> bool:
@@ -260,7 +261,9 @@ class SchedulerActor(SupervisedActor):
         if status is None:
             return False
         if JobState(status["state"]).finished:
-            if job_id in self._observed:
+            if job_id in self._core().dirty:  # its end is not committed yet: wait for that
+                self._unflushed.append((job_id, fn, status))
+            elif job_id in self._observed:
                 self._callbacks.post(fn, status, job_id=job_id)  # behind its progress callbacks
             else:
                 self._notify(fn, status, job_id)

@@ -770,3 +770,20 @@ def test_a_submit_whose_commit_fails_is_refused_and_starts_nothing(
     assert (stats["queue_size"], stats["running_jobs"], stats["idle_workers"]) == (0, 0, 1)
     assert rt.run("record", {"token": "next"}, timeout=5)["status"] == "succeeded"
     assert helpers.CALLS == ["next"]  # the refused job never ran
+
+
+def test_a_waiter_registered_while_the_end_is_not_yet_committed_still_runs(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    store = _FailingOnce()
+    rt = start_runtime(registry, job_concurrency=1, store_factory=lambda: store, **quiet())
+    scheduler = rt.ref("scheduler")._actor_weakref()  # type: ignore[attr-defined]
+    job = rt.submit("block", {"name": "late"})
+    assert helpers.started("late").wait(5)
+    store.fail_next = True  # the commit of the job's end fails once
+    helpers.release("late")
+    wait_until(lambda: job in scheduler.core.dirty and job not in scheduler.core.jobs,
+               message="the end was not held back")
+    assert rt.status(job)["status"] == "succeeded"  # memory is newer than the store here
+    assert rt.wait_job(job, timeout=5)["status"] == "succeeded"  # after the retried commit
+    assert store.get(job) is not None and store.get(job).state.value == "succeeded"
