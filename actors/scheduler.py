@@ -139,7 +139,10 @@ class SchedulerActor(SupervisedActor):
         self._load_scripts([r.script_id for r in pending])
         for job_id, record in core.jobs.items():
             if job_id in core.running:
-                self._arm_deadline(job_id, core.running[job_id].attempt, self._timeout_of(record.script_id))
+                # An adopted attempt keeps the deadline it started with, not a fresh one.
+                started = record.attempts[-1].get("started_at") or time.time()
+                left = self._timeout_of(record.script_id) - max(0.0, time.time() - started)
+                self._arm_deadline(job_id, core.running[job_id].attempt, left)
             elif (delay := core.retry_in(job_id)) is not None:
                 self._arm_retry(job_id, delay)
         for job_id in [j for j in self._waiters if j not in core.jobs]:
@@ -511,7 +514,7 @@ class SchedulerActor(SupervisedActor):
     def _arm_deadline(self, job_id: str, attempt: int, timeout: float) -> None:
         me = self.actor_ref
         self._timers[job_id] = self.context.clock.call_later(
-            timeout + HANG_GRACE, lambda: _tell(me, DeadlinePassed(job_id, attempt))
+            max(0.0, timeout + HANG_GRACE), lambda: _tell(me, DeadlinePassed(job_id, attempt))
         )
 
     def _cancel_timer(self, job_id: str) -> None:
