@@ -431,8 +431,9 @@ class SqliteStore:
     def get(self, job_id: str) -> JobRecord | None:
         """The stored record, or ``None``."""
         with self._guard(f"reading job {job_id}") as conn:
-            row = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return None if row is None else _decode(row[0], self.path)
+            # fetchall: a statement left unfinished keeps its read snapshot open on the connection
+            rows = conn.execute("SELECT data FROM jobs WHERE id = ?", (job_id,)).fetchall()
+        return _decode(rows[0][0], self.path) if rows else None
 
     def unfinished(self) -> list[JobRecord]:
         """Queued, running and retrying records, by priority then seq."""

@@ -578,9 +578,11 @@ def test_on_done_sees_a_final_state_that_is_already_in_the_store(
     stored: list[str] = []
     finished = threading.Event()
     reader = SqliteStore(store_dir)  # a second connection, as another process would read the file
+    reading = threading.Lock()  # on_done runs on several callback threads; the reader is one connection
 
     def on_done(status: dict[str, Any]) -> None:
-        record = reader.get(status["job_id"])
+        with reading:
+            record = reader.get(status["job_id"])
         stored.append(record.state.value if record else "missing")
         if len(stored) == 50:
             finished.set()

@@ -1,0 +1,71 @@
+"""CallbackRunner as plain code: per-job order, jobs side by side, errors contained."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from runtime.callbacks import CallbackRunner
+from runtime.testing import wait_until
+
+
+@pytest.fixture
+def runner() -> Iterator[CallbackRunner]:
+    runner = CallbackRunner(threads=2)
+    yield runner
+    runner.close()
+
+
+def test_calls_of_one_job_run_in_order(runner: CallbackRunner) -> None:
+    seen: list[int] = []
+    for n in range(200):
+        runner.post(seen.append, n, job_id="a")
+    wait_until(lambda: len(seen) == 200)
+    assert seen == list(range(200))
+
+
+def test_a_blocked_callback_holds_up_only_its_own_job(runner: CallbackRunner) -> None:
+    hold, entered = threading.Event(), threading.Event()
+    seen: list[str] = []
+
+    def blocking(tag: str) -> None:
+        entered.set()
+        hold.wait(10)
+        seen.append(tag)
+
+    runner.post(blocking, "a1", job_id="a")
+    runner.post(seen.append, "a2", job_id="a")
+    assert entered.wait(5)
+    for n in range(3):
+        runner.post(seen.append, f"b{n}", job_id="b")
+    runner.post(seen.append, "no job")
+    wait_until(lambda: len(seen) == 4, message="job b waited behind job a")
+    assert sorted(seen) == ["b0", "b1", "b2", "no job"] and "a2" not in seen
+    hold.set()
+    wait_until(lambda: seen[-2:] == ["a1", "a2"], message="job a's calls lost or out of order")
+
+
+def test_a_raising_callback_is_logged_and_the_next_one_runs(runner: CallbackRunner,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[str] = []
+
+    def raising() -> None:
+        raise RuntimeError("observer bug")
+
+    with caplog.at_level(logging.ERROR, logger="runtime.callbacks"):
+        runner.post(raising, job_id="a")
+        runner.post(seen.append, "after", job_id="a")
+        wait_until(lambda: seen == ["after"])
+    assert "observer bug" in caplog.text
+
+
+def test_close_runs_what_is_queued() -> None:
+    runner = CallbackRunner(threads=2)
+    seen: list[int] = []
+    for n in range(50):
+        runner.post(seen.append, n, job_id=f"j{n % 5}")
+    runner.close()
+    assert sorted(seen) == list(range(50))
