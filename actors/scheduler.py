@@ -3,7 +3,6 @@ retries failed attempts after a backoff, and answers questions about them."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -45,8 +44,6 @@ HANG_GRACE = 5.0
 FLUSH_BATCH = 256
 #: Seconds before pending changes are committed again after a commit failed.
 FLUSH_RETRY = 0.5
-#: Ended jobs remembered as having had a progress callback (see ``when_done``).
-OBSERVED_KEPT = 4096
 
 
 def job_status(record: JobRecord) -> dict[str, Any]:
@@ -106,9 +103,6 @@ class SchedulerActor(SupervisedActor):
         self._draining = False
         self._failed = False
         self._flush_retry_armed = False
-        # Recently ended jobs that had a progress callback (oldest first): a waiter that
-        # comes after the end must still run after those callbacks.
-        self._observed: dict[str, None] = {}
         # Completion waiters whose job's final state is not committed yet.
         self._unflushed: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any]]] = []
 
@@ -203,28 +197,25 @@ class SchedulerActor(SupervisedActor):
         ``on_done(status)`` is called off the actors once the job has finished, as
         ``when_done`` would, without a second ask.
         """
-        core = self._core()
-        if max_retries is None:
-            max_retries = script.max_retries
-        record = JobRecord.new(script.id, arguments, priority=priority, max_retries=max_retries)
-        self._remember(script)
-        core.accept(record)
+        (job_id,) = self._accept([(script, arguments)], priority, max_retries, on_done)
         if callback is not None:
-            self._progress_callbacks[record.id] = callback
-        if on_done is not None:
-            self._waiters[record.id].append(on_done)
-        self._dispatch(commit=True)
-        return record.id
+            self._progress_callbacks[job_id] = callback
+        return job_id
 
     def submit_many(self, jobs: list[tuple[Script, dict[str, Any]]], priority: int = 1,
                     on_done: Callable[[dict[str, Any]], Any] | None = None) -> list[str]:
         """Accept several jobs (already validated) in one commit; their ids, in order."""
-        core = self._core()
+        return self._accept(jobs, priority, None, on_done)
+
+    def _accept(self, jobs: list[tuple[Script, dict[str, Any]]], priority: int, max_retries: int | None,
+                on_done: Callable[[dict[str, Any]], Any] | None) -> list[str]:
+        """Queue the jobs, start what can start, and commit both before answering."""
         records = []
         for script, arguments in jobs:
             self._remember(script)
-            records.append(JobRecord.new(script.id, arguments, priority=priority, max_retries=script.max_retries))
-        core.accept(*records)
+            retries = script.max_retries if max_retries is None else max_retries
+            records.append(JobRecord.new(script.id, arguments, priority=priority, max_retries=retries))
+        self._core().accept(*records)
         if on_done is not None:
             for record in records:
                 self._waiters[record.id].append(on_done)
@@ -266,8 +257,6 @@ class SchedulerActor(SupervisedActor):
         if JobState(status["state"]).finished:
             if job_id in self._core().dirty:  # its end is not committed yet: wait for that
                 self._unflushed.append((job_id, fn, status))
-            elif job_id in self._observed:
-                self._callbacks.post(fn, status, job_id=job_id)  # behind its progress callbacks
             else:
                 self._notify(fn, status, job_id)
         else:
@@ -409,13 +398,9 @@ class SchedulerActor(SupervisedActor):
             self._notify(fn, status, job_id)
 
     def _notify(self, fn: Callable[[dict[str, Any]], Any], status: dict[str, Any], job_id: str) -> None:
-        if getattr(fn, "runs_inline", False):
-            try:
-                fn(status)  # the runtime's own waiters only set an event: no hop, no queue behind user code
-            except Exception:
-                logger.exception("job %s: a completion waiter raised; ignored", job_id)
-        else:
-            self._callbacks.post(fn, status, job_id=job_id)
+        # The runtime's own waiters run here (no hop, no queue behind user code) unless
+        # the job still has progress callbacks queued: they come after those.
+        self._callbacks.post(fn, status, job_id=job_id, inline=getattr(fn, "runs_inline", False))
 
     def _worker_alive(self, worker: str) -> bool:
         ref = self._worker_refs.get(worker)
@@ -554,15 +539,8 @@ class SchedulerActor(SupervisedActor):
         self._timers[job_id] = self.context.clock.call_later(delay, lambda: _tell(me, RetryDue(job_id)))
 
     def _ended(self, job_id: str, record: JobRecord | None) -> None:
-        had_callback = self._progress_callbacks.pop(job_id, None) is not None
+        self._progress_callbacks.pop(job_id, None)
         waiters = self._waiters.pop(job_id, [])
-        if had_callback:
-            self._observed[job_id] = None
-            if len(self._observed) > OBSERVED_KEPT:
-                self._observed.pop(next(iter(self._observed)))
-            # Through the callback thread, so they run after this job's progress callbacks
-            # (a partial has no ``runs_inline``): whoever waits for the job sees them done.
-            waiters = [functools.partial(fn) for fn in waiters]
         if waiters:
             status = job_status(record) if record is not None else self.status(job_id)
             if status is None:

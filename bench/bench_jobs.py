@@ -452,34 +452,16 @@ def control_plane(registry: Path, n_idle: int, spin_seconds: float, rounds: int)
         size = _spin_size(spin_seconds)
         busy: dict[str, list[float]] = {name: [] for name in ops}
         for _ in range(rounds):
-            noop.SPIN_STARTED.clear()
-            spins = [rt.submit("spin", {"n": size}) for _ in range(2)]
-            deadline = time.monotonic() + 30
-            while noop.SPINNING < 2:  # both workers busy before the first sample
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the spin jobs did not start within 30 s")
-                time.sleep(0.001)
-            for name, values in _sample(ops, lambda i: noop.SPINNING == 2, raw=True).items():
+            for name, values in _under_thread_spins(rt, ops, size).items():
                 busy[name].extend(values)
-            for job_id in spins:
-                rt.wait_job(job_id, 600)
         # Diagnostic: the same under load with a 10x shorter GIL switch interval (process-wide,
         # put back after), to show how much of the figure above is waiting for the GIL.
         short: dict[str, list[float]] = {name: [] for name in ops}
         default_interval = sys.getswitchinterval()
         sys.setswitchinterval(default_interval / 10)
         try:
-            noop.SPIN_STARTED.clear()
-            spins = [rt.submit("spin", {"n": size}) for _ in range(2)]
-            deadline = time.monotonic() + 30
-            while noop.SPINNING < 2:
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the spin jobs did not start within 30 s")
-                time.sleep(0.001)
-            for name, values in _sample(ops, lambda i: noop.SPINNING == 2, raw=True).items():
+            for name, values in _under_thread_spins(rt, ops, size).items():
                 short[name].extend(values)
-            for job_id in spins:
-                rt.wait_job(job_id, 600)
         finally:
             sys.setswitchinterval(default_interval)
         rt.wait_job(rt.submit("noop"), 60)
@@ -500,6 +482,21 @@ def control_plane(registry: Path, n_idle: int, spin_seconds: float, rounds: int)
         "p50_ratio_isolated_load_over_idle": {name: isolated[name]["p50_us"] / idle[name]["p50_us"]
                                               for name in isolated},
     }
+
+
+def _under_thread_spins(rt: Runtime, ops: dict[str, Callable[[], Any]], size: int) -> dict[str, list[float]]:
+    """One round of samples while two ``spin`` jobs hold both worker threads."""
+    noop.SPIN_STARTED.clear()
+    spins = [rt.submit("spin", {"n": size}) for _ in range(2)]
+    deadline = time.monotonic() + 30
+    while noop.SPINNING < 2:  # both workers busy before the first sample
+        if time.monotonic() > deadline:
+            raise TimeoutError("the spin jobs did not start within 30 s")
+        time.sleep(0.001)
+    samples: dict[str, list[float]] = _sample(ops, lambda i: noop.SPINNING == 2, raw=True)
+    for job_id in spins:
+        rt.wait_job(job_id, 600)
+    return samples
 
 
 def _under_isolated_spins(rt: Runtime, ops: dict[str, Callable[[], Any]], size: int, spin_seconds: float,

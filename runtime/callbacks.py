@@ -41,17 +41,25 @@ class CallbackRunner:
         for thread in self._threads:
             thread.start()
 
-    def post(self, fn: Callable[..., Any], *args: Any, job_id: str | None = None) -> None:
+    def post(self, fn: Callable[..., Any], *args: Any, job_id: str | None = None, inline: bool = False) -> None:
         """Queue ``fn(*args)`` behind the calls already posted for ``job_id`` (a call
-        without a job is ordered with nothing); safe from any thread, never blocks."""
+        without a job is ordered with nothing); safe from any thread, never blocks.
+
+        ``inline``: ``fn`` never blocks (it sets an event), so when no call of the job is
+        queued or running it is called at once on the caller's thread: no hop.
+        """
         key: Hashable = job_id if job_id is not None else object()
         with self._lock:
             calls = self._pending.get(key)
             if calls is not None:  # a thread owns this job's calls: it will get to this one
                 calls.append((fn, args, job_id))
                 return
-            self._pending[key] = deque([(fn, args, job_id)])
-        self._ready.put(key)
+            if not inline:
+                self._pending[key] = deque([(fn, args, job_id)])
+        if inline:
+            self._call(fn, args, job_id)
+        else:
+            self._ready.put(key)
 
     def close(self, timeout: float = 5.0) -> None:
         """Run what is queued, then stop the threads."""
@@ -73,7 +81,11 @@ class CallbackRunner:
                         del self._pending[key]
                         break
                     fn, args, job_id = calls.popleft()
-                try:
-                    fn(*args)
-                except Exception:
-                    logger.exception("callback %r for job %s raised; ignored", fn, job_id)
+                self._call(fn, args, job_id)
+
+    @staticmethod
+    def _call(fn: Callable[..., Any], args: tuple[Any, ...], job_id: str | None) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("callback %r for job %s raised; ignored", fn, job_id)

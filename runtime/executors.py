@@ -31,7 +31,7 @@ from runtime.errors import InvalidArguments
 from runtime.registry import Script
 
 __all__ = ["DEFAULT_OUTPUT_CAP", "STATUSES", "ExecutionResult", "ProgressCallback", "load_callable",
-           "report_progress", "run_python", "validate_arguments"]
+           "report_progress", "require_kind", "run_python", "validate_arguments"]
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,17 @@ def _load_cached(spec: str) -> tuple[Callable[..., Any], bool]:
     return target, wants_progress
 
 
+def require_kind(script: Script, kind: str, executor: str) -> None:
+    """The caller's mistake of giving an executor a script of another kind.
+
+    Raises:
+        ValueError: ``script`` is not of ``kind``.
+    """
+    if script.kind != kind:
+        article = "an" if kind in ("http", "sql") else "a"
+        raise ValueError(f"script {script.id!r}: {executor} needs {article} {kind} script, got kind {script.kind!r}")
+
+
 def run_python(script: Script, arguments: Mapping[str, Any], on_progress: ProgressCallback | None = None, *,
                clock: Callable[[], float] = time.monotonic) -> ExecutionResult:
     """Run one attempt of a ``python`` script in the calling thread.
@@ -212,8 +223,7 @@ def run_python(script: Script, arguments: Mapping[str, Any], on_progress: Progre
     Raises:
         ValueError: the script is not a ``python`` script.
     """
-    if script.kind != "python":
-        raise ValueError(f"script {script.id!r}: run_python needs a python script, got kind {script.kind!r}")
+    require_kind(script, "python", "run_python")
     started = clock()
 
     def done(status: str, error: str | None = None, value: Any = None) -> ExecutionResult:

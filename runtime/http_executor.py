@@ -27,7 +27,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from runtime.executors import ExecutionResult, ProgressCallback, report_progress
+from runtime.executors import ExecutionResult, ProgressCallback, report_progress, require_kind
 from runtime.registry import ARGUMENT_PLACEHOLDER, DEFAULT_BODY_CAP, HEADER_PLACEHOLDER, Script
 
 if TYPE_CHECKING:
@@ -148,8 +148,7 @@ class HttpExecution:
     def __init__(self, script: Script, arguments: Mapping[str, Any], pool: HttpPool, *,
                  on_progress: ProgressCallback | None = None, env: Mapping[str, str] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if script.kind != "http":
-            raise ValueError(f"script {script.id!r}: HttpExecution needs an http script, got kind {script.kind!r}")
+        require_kind(script, "http", "HttpExecution")
         self.script = script
         self._arguments = dict(arguments)
         self._pool = pool

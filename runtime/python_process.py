@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from runtime.executors import ExecutionResult, ProgressCallback, report_progress
+from runtime.executors import ExecutionResult, ProgressCallback, report_progress, require_kind
 from runtime.python_host import READY
 from runtime.registry import Script
 
@@ -373,8 +373,7 @@ class PythonExecution:
 
     def __init__(self, process: PythonProcess, script: Script, arguments: Mapping[str, Any], *,
                  on_progress: ProgressCallback | None = None) -> None:
-        if script.kind != "python":
-            raise ValueError(f"script {script.id!r}: PythonProcess needs a python script, got kind {script.kind!r}")
+        require_kind(script, "python", "PythonProcess")
         self.script = script
         self._process = process
         self._arguments = arguments

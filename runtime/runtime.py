@@ -346,10 +346,7 @@ class Runtime:
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
                                         or max_retries < 0):
             raise InvalidArguments(f"max_retries must be an integer >= 0, got {max_retries!r}")
-        script = self.script(script_id)
-        values = validate_arguments(script, arguments)
-        if script.kind == "sql":
-            self.pools.postgres(script.options.get("pool", "default"))  # no such pool: say so now
+        script, values = self._checked_job(script_id, arguments)
         return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
                    .get(timeout=self.settings.ask_timeout))
 
@@ -376,17 +373,26 @@ class Runtime:
         level = _priority(priority)
         batch = []
         for position, (script_id, arguments) in enumerate(jobs, 1):
-            script = self.script(script_id)  # ScriptNotFound names the script
             try:
-                batch.append((script, validate_arguments(script, arguments)))
-            except InvalidArguments as e:
+                batch.append(self._checked_job(script_id, arguments))
+            except InvalidArguments as e:  # ScriptNotFound and PoolError name what is missing already
                 raise InvalidArguments(f"job #{position}: {e}") from None
-            if script.kind == "sql":
-                self.pools.postgres(script.options.get("pool", "default"))
         if not batch:
             return []
         ids = self.scheduler.submit_many(batch, level, on_done).get(timeout=self.settings.ask_timeout)
         return list(ids)
+
+    def _checked_job(self, script_id: str, arguments: dict[str, Any] | None) -> tuple[Script, dict[str, Any]]:
+        """The script and the validated arguments of a job about to be submitted.
+
+        Raises:
+            ScriptNotFound, InvalidArguments, PoolError (an ``sql`` script's pool is missing).
+        """
+        script = self.script(script_id)
+        values = validate_arguments(script, arguments)
+        if script.kind == "sql":
+            self.pools.postgres(script.options.get("pool", "default"))  # no such pool: say so now
+        return script, values
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: ``status``, ``attempts``, ``progress``, ``result``, ``error``...
@@ -510,9 +516,9 @@ _PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 class _Waiter:
     """A completion callback that a thread can block on.
 
-    It only sets an event, so the scheduler calls it on its own thread
-    (``runs_inline``) instead of queueing it behind users' callbacks: a slow
-    user callback never delays ``wait_job`` or ``run``.
+    It only sets an event, so it is called on the scheduler's thread
+    (``runs_inline``), after the job's own progress callbacks if any are still
+    queued: other jobs' slow callbacks never delay ``wait_job`` or ``run``.
     """
 
     runs_inline = True

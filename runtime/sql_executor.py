@@ -26,7 +26,7 @@ import psycopg2.extensions
 import psycopg2.extras
 
 from runtime.errors import PoolError, PoolTimeout
-from runtime.executors import ExecutionResult, ProgressCallback, report_progress
+from runtime.executors import ExecutionResult, ProgressCallback, report_progress, require_kind
 from runtime.registry import DEFAULT_MAX_ROWS, SQL_PLACEHOLDER, Script
 
 if TYPE_CHECKING:
@@ -132,8 +132,7 @@ class SqlExecution:
 
     def __init__(self, script: Script, arguments: Mapping[str, Any], pools: ConnectionPools, *,
                  on_progress: ProgressCallback | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        if script.kind != "sql":
-            raise ValueError(f"script {script.id!r}: SqlExecution needs an sql script, got kind {script.kind!r}")
+        require_kind(script, "sql", "SqlExecution")
         self.script = script
         self._pools = pools
         self._on_progress = on_progress

@@ -69,3 +69,17 @@ def test_close_runs_what_is_queued() -> None:
         runner.post(seen.append, n, job_id=f"j{n % 5}")
     runner.close()
     assert sorted(seen) == list(range(50))
+
+
+def test_an_inline_call_runs_at_once_unless_its_job_has_calls_queued(runner: CallbackRunner) -> None:
+    caller = threading.current_thread()
+    threads: list[threading.Thread] = []
+    runner.post(lambda: threads.append(threading.current_thread()), job_id="a", inline=True)
+    assert threads == [caller]  # nothing of job a queued: no hop
+    hold = threading.Event()
+    runner.post(hold.wait, 10, job_id="b")
+    runner.post(lambda: threads.append(threading.current_thread()), job_id="b", inline=True)
+    assert len(threads) == 1  # behind job b's queued call
+    hold.set()
+    wait_until(lambda: len(threads) == 2)
+    assert threads[1] is not caller

@@ -723,15 +723,20 @@ def test_a_report_sent_while_the_scheduler_restarts_is_not_lost(
 
 
 class _FailingOnce(MemoryStore):
-    """A store whose next write of changes only (not a submit's) fails once."""
+    """A store whose next write fails once, once ``fail_next`` is set: a write of changes
+    only (not a submit's), or with ``inserts=True`` a write that inserts new jobs."""
 
     fail_next = False
 
+    def __init__(self, inserts: bool = False) -> None:
+        super().__init__()
+        self._inserts = inserts
+
     def write(self, added: Any = (), updated: Any = ()) -> None:
         added = list(added)
-        if not added and self.fail_next:
+        if self.fail_next and bool(added) == self._inserts:
             self.fail_next = False
-            raise StoreError("disk I/O error (simulated)")
+            raise StoreError("disk full (simulated)" if self._inserts else "disk I/O error (simulated)")
         super().write(added, updated)
 
 
@@ -747,23 +752,10 @@ def test_a_failed_group_commit_does_not_turn_an_accepted_submit_into_an_error(
     wait_until(lambda: store.counts()["succeeded"] == 1, message="the pending changes were never written")
 
 
-class _FailingInserts(MemoryStore):
-    """A store whose next write that inserts new jobs fails once."""
-
-    fail_next = False
-
-    def write(self, added: Any = (), updated: Any = ()) -> None:
-        added = list(added)
-        if added and self.fail_next:
-            self.fail_next = False
-            raise StoreError("disk full (simulated)")
-        super().write(added, updated)
-
-
 def test_a_submit_whose_commit_fails_is_refused_and_starts_nothing(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
-    store = _FailingInserts()
+    store = _FailingOnce(inserts=True)
     rt = start_runtime(registry, job_concurrency=1, store_factory=lambda: store, **quiet())
     store.fail_next = True
     with pytest.raises(StoreError, match="disk full"):
