@@ -12,7 +12,6 @@ from runtime.messages import JobFinished, JobProgress, JobStarted, PoolFigures, 
 from runtime.pools import ConnectionPools
 from runtime.python_process import PythonProcess
 from runtime.registry import Script
-from runtime.sql_executor import SqlExecution
 
 from actors.base import ActorContext, SupervisedActor, tell_ref
 
@@ -84,16 +83,24 @@ class WorkerActor(SupervisedActor):
 
         script = job.script
         logger.debug("worker %s runs job %s attempt %d (%s)", self.name, job.job_id, job.attempt, script.id)
-        if script.kind == "python" and script.options.get("isolation", "thread") == "thread":
-            result = run_python(script, job.arguments, progress)  # cancelled by its own checks only
-        else:
-            execution = self._execution(script, job.arguments, progress)
-            directory.tell("scheduler", JobStarted(job.job_id, job.attempt, execution.cancel))
-            result = execution.run()
-            if script.kind in ("http", "sql"):
-                directory.tell("stats", PoolFigures(self.pools.figures()))
+        result = self._attempt(job, progress)
         self._last_report = JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn)
         directory.tell("scheduler", self._last_report)
+
+    def _attempt(self, job: RunJob, progress: Any) -> ExecutionResult:
+        script = job.script
+        if script.kind == "python" and script.options.get("isolation", "thread") == "thread":
+            return run_python(script, job.arguments, progress)  # cancelled by its own checks only
+        try:
+            execution = self._execution(script, job.arguments, progress)
+        except ImportError as e:  # only a missing optional extra gets here
+            error = f"script {script.id!r}: {e.name or e} is not installed (pip install 'actor-runtime[postgres]')"
+            return ExecutionResult("failed", error=error, extra={"retryable": False})
+        self.context.directory.tell("scheduler", JobStarted(job.job_id, job.attempt, execution.cancel))
+        result = execution.run()
+        if script.kind in ("http", "sql"):
+            self.context.directory.tell("stats", PoolFigures(self.pools.figures()))
+        return result
 
     def _execution(self, script: Script, arguments: dict[str, Any], progress: Any) -> _Execution:
         if script.kind == "command":
@@ -101,6 +108,10 @@ class WorkerActor(SupervisedActor):
         if script.kind == "http":
             return HttpExecution(script, arguments, self.pools.http, on_progress=progress)
         if script.kind == "sql":
+            # Imported here: psycopg2 is the optional ``postgres`` extra, and a runtime
+            # without sql scripts must start without it.
+            from runtime.sql_executor import SqlExecution
+
             return SqlExecution(script, arguments, self.pools, on_progress=progress)
         return self._host().execution(script, arguments, on_progress=progress)
 

@@ -61,3 +61,18 @@ def test_run_rejects_an_unknown_argument_clearly(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().endswith("error: script 'greet': unknown argument(s) nam (declared: name)")
+
+
+def test_the_runtime_runs_jobs_without_the_optional_postgres_extra(tmp_path: Path) -> None:
+    # `pip install -e .` has no psycopg2: the quick start must work without it.
+    code = (
+        "import sys; sys.modules['psycopg2'] = None\n"  # an import of it now fails
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from runtime import Runtime\n"
+        f"with Runtime.start({str(ROOT / 'examples' / 'registry.json')!r}, job_storage_path={str(tmp_path)!r},"
+        " watcher='polling') as rt:\n"
+        "    print(rt.run('greet', {'name': 'Ada'}, timeout=30)['status'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "succeeded"
