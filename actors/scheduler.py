@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any
 
 from runtime.callbacks import CallbackRunner
-from runtime.clock import TimerHandle
+from runtime.clock import SystemClock, TimerHandle
 from runtime.errors import ActorRuntimeError
 from runtime.messages import (
     ChildDown,
@@ -44,6 +44,9 @@ HANG_GRACE = 5.0
 FLUSH_BATCH = 256
 #: Seconds before pending changes are committed again after a commit failed.
 FLUSH_RETRY = 0.5
+#: While attempts are running (more reports are on their way), commits are at least this
+#: many seconds apart: a burst of short jobs shares commits instead of paying one per end.
+COMMIT_WINDOW = 0.002
 
 
 def job_status(record: JobRecord) -> dict[str, Any]:
@@ -70,6 +73,7 @@ class SchedulerActor(SupervisedActor):
     Writes are group-committed: the changes made while handling a run of messages
     go to the store in one transaction once the inbox is empty (or ``FLUSH_BATCH``
     records are pending), and a submit commits them together with its new job.
+    While attempts are running, such commits are ``COMMIT_WINDOW`` apart at least.
     Completion waiters run only after their job's final state is committed.
 
     Args:
@@ -103,6 +107,11 @@ class SchedulerActor(SupervisedActor):
         self._draining = False
         self._failed = False
         self._flush_retry_armed = False
+        # The commit window runs on real time even under a test's fake clock: it only
+        # batches commits, and a fake clock would hold them back until the test moved it.
+        self._commit_clock = SystemClock()
+        self._commit_armed = False
+        self._last_commit = 0.0
         # Completion waiters whose job's final state is not committed yet.
         self._unflushed: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any]]] = []
 
@@ -158,6 +167,7 @@ class SchedulerActor(SupervisedActor):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._commit_clock.close()
         core = self.core
         if core is None:
             return
@@ -315,7 +325,17 @@ class SchedulerActor(SupervisedActor):
             core = self.core
             if core is not None and (core.dirty or self._unflushed) and (
                     len(core.dirty) >= FLUSH_BATCH or self.actor_inbox.empty()):
-                self._flush_quietly()
+                self._commit_soon(core)
+
+    def _commit_soon(self, core: SchedulerCore) -> None:
+        """Commit now, or at the end of the commit window while attempts are running."""
+        wait = self._last_commit + COMMIT_WINDOW - time.monotonic()
+        if not core.dirty or not core.running or wait <= 0 or len(core.dirty) >= FLUSH_BATCH:
+            self._flush_quietly()
+        elif not self._commit_armed:
+            self._commit_armed = True
+            me = self.actor_ref
+            self._commit_clock.call_later(wait, lambda: _tell(me, FlushDue()))
 
     def _flush_quietly(self) -> None:
         """Flush; a store that fails is logged and the changes stay pending for the next
@@ -371,7 +391,7 @@ class SchedulerActor(SupervisedActor):
         elif isinstance(message, DeadlinePassed):
             self._deadline(message)
         elif isinstance(message, FlushDue):
-            self._flush_retry_armed = False
+            self._flush_retry_armed = self._commit_armed = False
             self._flush_quietly()
         elif isinstance(message, ChildDown):
             self._worker_refs.pop(message.name, None)
@@ -390,6 +410,7 @@ class SchedulerActor(SupervisedActor):
         """Commit the pending changes, then run the waiters of the jobs they finished."""
         if self.core is not None:
             self.core.flush()
+            self._last_commit = time.monotonic()
         self._post_unflushed()
 
     def _post_unflushed(self) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import noop  # noqa: E402
+from bench import floor, noop  # noqa: E402
 from bench.common import emit, summary  # noqa: E402
 from runtime import Runtime  # noqa: E402
 
@@ -231,7 +231,7 @@ def _popen_like_runtime() -> None:
 
 def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
     walls: dict[str, list[float]] = {"runtime": [], "thread_pool_subprocess_run": [],
-                                     "thread_pool_popen_pipes_group": []}
+                                     "thread_pool_popen_pipes_group": [], "floor_bare_actors": []}
     rt = _start(registry, 2)
     try:
         rt.wait_job(rt.submit("true"), 30)
@@ -247,6 +247,7 @@ def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
                 raise RuntimeError(f"{done.failed} /bin/true jobs failed")
             walls["runtime"].append(done.finished_at - start)
             walls["thread_pool_popen_pipes_group"].append(_pool_processes(n, _popen_like_runtime))
+            walls["floor_bare_actors"].append(floor.processes(n))
     finally:
         rt.stop()
     median = {name: statistics.median(values) for name, values in walls.items()}
@@ -259,6 +260,8 @@ def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
         "wall_ratio_runtime_over_subprocess_run": median["runtime"] / median["thread_pool_subprocess_run"],
         "wall_ratio_runtime_over_popen_pipes_group":
             median["runtime"] / median["thread_pool_popen_pipes_group"],
+        # The design's own floor: bare pykka actors running subprocess.run (see bench/floor.py).
+        "wall_ratio_floor_over_subprocess_run": median["floor_bare_actors"] / median["thread_pool_subprocess_run"],
         "all_rounds_wall_s": walls,
     }
 
@@ -394,6 +397,11 @@ def peers(registry: Path, n: int, url: str) -> dict[str, Any]:
         results["runtime_submit_many"] = _runtime_batched_burst(rt, n, timeout)
     finally:
         rt.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
+        # The design's own floor: the hand-offs and two commits a durable job needs (bench/floor.py).
+        results["floor_bare_actors"] = {"jobs_per_s": floor.pipeline(n, Path(tmp)),
+                                        "what": "bare pykka: ask + commit, worker, report + commit, callback"}
+    results["ratio_runtime_over_floor"] = results["runtime"]["jobs_per_s"] / results["floor_bare_actors"]["jobs_per_s"]
     try:
         conn = _redis(url)
     except Exception as e:  # noqa: BLE001 - not installed, unreachable, refused...
@@ -422,6 +430,7 @@ def peers(registry: Path, n: int, url: str) -> dict[str, Any]:
         results["ratio_runtime_over_fastest_peer"] = results["runtime"]["jobs_per_s"] / ran[fastest]
         results["ratio_runtime_submit_many_over_fastest_peer"] = (
             results["runtime_submit_many"]["jobs_per_s"] / ran[fastest])
+        results["ratio_floor_over_fastest_peer"] = results["floor_bare_actors"]["jobs_per_s"] / ran[fastest]
     if conn is not None:
         conn.close()
     return results

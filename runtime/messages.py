@@ -176,7 +176,8 @@ class JobFinished:
 
 @dataclass(frozen=True, slots=True)
 class FlushDue:
-    """Timer → SchedulerActor: try again to commit the changes a failed commit left pending."""
+    """Timer → SchedulerActor: commit the pending changes (the commit window is over, or
+    a failed commit is to be tried again)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,9 +35,11 @@ def test_jobs_bench_quick_mode_runs() -> None:
     processes = figures["processes"]
     assert {"runtime", "thread_pool_subprocess_run"} <= set(processes["wall_s"])
     assert processes["wall_ratio_runtime_over_subprocess_run"] > 0
+    assert processes["wall_ratio_floor_over_subprocess_run"] > 0
 
     peers = figures["peers"]
     assert peers["runtime"]["jobs_per_s"] > 0
+    assert peers["floor_bare_actors"]["jobs_per_s"] > 0 and peers["ratio_runtime_over_floor"] > 0
     for name in ("rq", "dramatiq", "huey"):
         entry = peers[name]
         assert "skipped" in entry or entry["jobs_per_s"] > 0, (name, entry)

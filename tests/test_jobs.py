@@ -597,6 +597,37 @@ def test_on_done_sees_a_final_state_that_is_already_in_the_store(
     assert stored == ["succeeded"] * 50
 
 
+def test_an_end_while_other_jobs_run_is_committed_without_waiting_for_them(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    # While attempts run, commits are batched over a short window. The window runs on real
+    # time: even under a fake clock that never moves, a job ending beside a blocked one is
+    # committed, and its waiter called, while the other job still runs.
+    store_dir = tmp_path / "store"
+    rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=3, clock=ManualClock(), **quiet())
+    reader = SqliteStore(store_dir)
+    seen: list[str] = []
+    done = threading.Event()
+
+    def on_done(status: dict[str, Any]) -> None:
+        record = reader.get(status["job_id"])
+        seen.append(record.state.value if record else "missing")
+        done.set()
+
+    try:
+        blocked = rt.submit("block", {"name": "long"})
+        assert helpers.started("long").wait(5)
+        rt.submit("record", {"token": "short"}, on_done=on_done)
+        assert done.wait(10), "the end of a job beside a running one was never committed"
+        assert seen == ["succeeded"]
+        assert status_of(rt, blocked) == "running"
+        helpers.release("long")
+        assert rt.wait_job(blocked, 10)["status"] == "succeeded"
+    finally:
+        rt.stop()
+        reader.close()
+
+
 def test_a_restarted_worker_that_reports_ready_early_is_not_lost(
     start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
