@@ -20,7 +20,6 @@ from runtime.messages import (
     JobFigures,
     JobFinished,
     JobProgress,
-    JobStarted,
     ReplaceChild,
     ReportReady,
     RetryDue,
@@ -193,8 +192,7 @@ class SchedulerActor(SupervisedActor):
             return
         # A stop: jobs still running stay "running" in the store; the next start retries them.
         for run in self.core.running.values():
-            if run.cancel is not None:
-                run.cancel()
+            run.cancel.cancel()
         self.memory.close()
 
     # --- questions (ask / proxy) ------------------------------------------------------
@@ -375,9 +373,6 @@ class SchedulerActor(SupervisedActor):
                 if callback is not None:
                     self._callbacks.post(callback, message.job_id, message.fraction, message.message,
                                          job_id=message.job_id)
-        elif isinstance(message, JobStarted):
-            if not core.started(message.job_id, message.attempt, message.cancel) and message.cancel is not None:
-                message.cancel()  # cancelled before its handle arrived: stop it now
         elif isinstance(message, WorkerReady):
             # The ref comes with the message: a new instance may say it is ready
             # before the supervisor has put it in the directory.
@@ -503,7 +498,7 @@ class SchedulerActor(SupervisedActor):
                                                              {"status": "failed", "error": error}))
                 continue
             if not self._tell_worker(start.worker, RunJob(start.record.id, start.attempt, script,
-                                                          start.record.arguments)):
+                                                          start.record.arguments, start.cancel)):
                 self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
                 core.worker_lost(start.worker)
                 continue
@@ -534,8 +529,7 @@ class SchedulerActor(SupervisedActor):
         if run is None or run.attempt != message.attempt:
             return
         self._timers.pop(message.job_id, None)
-        if run.cancel is not None:
-            run.cancel()
+        run.cancel.cancel()
         worker = run.worker
         ref = self._worker_refs.pop(worker, None) or self.context.directory.get(worker)
         error = f"worker {worker} hung: attempt {message.attempt} outlived its deadline"

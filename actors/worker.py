@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from runtime.command_executor import CommandExecution
 from runtime.executors import ExecutionResult, run_python
 from runtime.http_executor import HttpExecution
-from runtime.messages import JobFinished, JobProgress, JobStarted, PoolFigures, ReportReady, RunJob, WorkerReady
+from runtime.messages import JobFinished, JobProgress, PoolFigures, ReportReady, RunJob, WorkerReady
 from runtime.pools import ConnectionPools
 from runtime.python_process import PythonProcess
 from runtime.registry import Script
@@ -26,12 +26,13 @@ class _Execution(Protocol):
 
 
 class WorkerActor(SupervisedActor):
-    """Takes ``RunJob`` and answers ``JobStarted``, ``JobProgress`` and ``JobFinished``.
+    """Takes ``RunJob`` and answers ``JobProgress`` and ``JobFinished``.
 
     A worker runs its attempt inside its handler: the scheduler sends a job only
     to an idle worker, so nothing waits behind it. An attempt is cancelled through
-    the handle sent in ``JobStarted`` (it kills the process group, aborts the HTTP
-    call or cancels the query), not through this actor's inbox.
+    the job's ``CancelSlot``, where the worker attaches the execution's stop (it
+    kills the process group, aborts the HTTP call or cancels the query), not
+    through this actor's inbox.
 
     Args:
         context: the actor's context.
@@ -96,7 +97,7 @@ class WorkerActor(SupervisedActor):
         except ImportError as e:  # only a missing optional extra gets here
             error = f"script {script.id!r}: {e.name or e} is not installed (pip install 'actor-runtime[postgres]')"
             return ExecutionResult("failed", error=error, extra={"retryable": False})
-        self.context.directory.tell("scheduler", JobStarted(job.job_id, job.attempt, execution.cancel))
+        job.cancel.attach(execution.cancel)  # a cancel that came first stops it before it starts
         result = execution.run()
         if script.kind in ("http", "sql"):
             self.context.directory.tell("stats", PoolFigures(self.pools.figures()))

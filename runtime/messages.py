@@ -7,17 +7,19 @@ with ``tell`` unless its docstring says otherwise.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "ActorCounted",
+    "CancelSlot",
     "ChildDown",
     "DeadlinePassed",
     "JobFigures",
     "JobFinished",
     "JobProgress",
-    "JobStarted",
     "PoolFigures",
     "ReplaceChild",
     "ReportReady",
@@ -108,6 +110,40 @@ class ReplaceChild:
 # --- jobs ------------------------------------------------------------------------------
 
 
+class CancelSlot:
+    """How the scheduler stops an attempt running on a worker's thread.
+
+    The scheduler makes one per attempt, keeps it and sends it along in ``RunJob``;
+    the worker attaches the execution's own ``cancel`` once it has one. A cancel that
+    comes first is remembered, and the attach then cancels at once. So a start needs
+    no message back. The lock only orders ``cancel`` against ``attach``: the two
+    actors share nothing else through it.
+    """
+
+    __slots__ = ("_lock", "_stop", "cancelled")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stop: Callable[[], None] | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Stop the attempt (from any thread); idempotent."""
+        with self._lock:
+            self.cancelled = True
+            stop = self._stop
+        if stop is not None:
+            stop()
+
+    def attach(self, stop: Callable[[], None]) -> None:
+        """The worker: ``stop`` stops the attempt; it is called now if a cancel came first."""
+        with self._lock:
+            self._stop = stop
+            cancelled = self.cancelled
+        if cancelled:
+            stop()
+
+
 @dataclass(frozen=True, slots=True)
 class RunJob:
     """SchedulerActor → WorkerActor: run attempt ``attempt`` of a job.
@@ -118,12 +154,14 @@ class RunJob:
             report about an attempt already given up on is ignored.
         script: the registry entry, as validated at submission.
         arguments: validated arguments (JSON values).
+        cancel: where the worker attaches the attempt's stop (see ``CancelSlot``).
     """
 
     job_id: str
     attempt: int
     script: Any
     arguments: dict[str, Any]
+    cancel: CancelSlot = field(default_factory=CancelSlot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +180,6 @@ class ReportReady:
     start-up, before the supervisor has put it in the directory."""
 
     reply_to: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class JobStarted:
-    """WorkerActor → SchedulerActor: the attempt runs; ``cancel`` stops it from any thread."""
-
-    job_id: str
-    attempt: int
-    cancel: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.execution_stats import ExecutionStats
+from runtime.messages import CancelSlot
 from runtime.store import JobRecord, JobState, JobStore
 
 __all__ = ["Dispatch", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory"]
@@ -43,6 +44,7 @@ class Dispatch:
     worker: str
     record: JobRecord
     attempt: int
+    cancel: CancelSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +64,11 @@ class Outcome:
 
 @dataclass
 class Running:
-    """An attempt in flight: where it runs and how to stop it."""
+    """An attempt in flight: where it runs and how to stop it (``cancel.cancel()``)."""
 
     worker: str
     attempt: int
-    cancel: Callable[[], None] | None = None
+    cancel: CancelSlot = field(default_factory=CancelSlot)
 
 
 @dataclass
@@ -261,22 +263,9 @@ class SchedulerCore:
             record.progress = None
             record.updated_at = now
             self.dirty[record.id] = record
-            self.running[job_id] = Running(worker, attempt)
-            starts.append(Dispatch(worker, record, attempt))
+            run = self.running[job_id] = Running(worker, attempt)
+            starts.append(Dispatch(worker, record, attempt, run.cancel))
         return starts
-
-    def started(self, job_id: str, attempt: int, cancel: Callable[[], None] | None) -> bool:
-        """Keep the running attempt's cancel handle.
-
-        Returns:
-            ``False`` when that attempt is no longer wanted (cancelled or given up on
-            before it started): the caller should call ``cancel`` at once.
-        """
-        run = self.running.get(job_id)
-        if run is None or run.attempt != attempt:
-            return False
-        run.cancel = cancel
-        return True
 
     def progress(self, job_id: str, attempt: int, fraction: float, message: str) -> bool:
         """Record progress; ``False`` for a stale attempt (ignored)."""
@@ -334,7 +323,7 @@ class SchedulerCore:
 
         Returns:
             whether the job was cancelled (``False``: unknown or already finished),
-            and the running attempt's cancel handle to call, if any.
+            and what stops the running attempt, if any.
         """
         record = self.jobs.get(job_id)
         if record is None or record.state.finished:
@@ -345,7 +334,7 @@ class SchedulerCore:
             record.attempts[-1].update(finished_at=self.wall(), status="cancelled", error="cancelled")
         self._waiting_retry.discard(job_id)
         self._close(record, JobState.CANCELLED, None, "cancelled")
-        return True, run.cancel if run else None
+        return True, run.cancel.cancel if run else None
 
     def _attempt_failed(self, record: JobRecord, result: dict[str, Any] | None, error: str,
                         final: bool = False) -> Outcome:

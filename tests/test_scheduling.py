@@ -228,7 +228,7 @@ def test_cancel_a_running_job_returns_its_handle_and_frees_the_worker_on_its_rep
     core.worker_ready("w0")
     core.dispatch()
     calls: list[str] = []
-    core.started(a, 1, lambda: calls.append("cancel"))
+    core.running[a].cancel.attach(lambda: calls.append("cancel"))  # as the worker does
     cancelled, handle = core.cancel(a)
     assert cancelled and handle is not None
     handle()
@@ -279,8 +279,6 @@ def test_reports_of_an_abandoned_attempt_are_ignored() -> None:
     assert (start.worker, start.attempt) == ("w1", 2)
     # The hung attempt comes back late: its progress and its end are stale.
     assert not core.progress(job, 1, 0.9, "stale")
-    core.started(job, 1, lambda: None)
-    assert core.running[job].cancel is None
     assert core.finished(job, 1, {"status": "succeeded"}) is None
     assert core.running[job].attempt == 2
     assert core.progress(job, 2, 0.5, "fresh")
@@ -409,15 +407,19 @@ def test_changes_wait_for_one_group_commit_but_a_submit_is_durable_at_once() -> 
     assert raw.get(second) is not None
 
 
-def test_a_cancel_that_arrives_before_the_start_report_stops_the_attempt_when_it_reports() -> None:
+def test_a_cancel_before_the_worker_attaches_its_stop_stops_the_attempt_at_the_attach() -> None:
     core, _, _ = make_core()
     core.worker_ready("w1")
     job = submit(core)
     (start,) = core.dispatch()
-    assert core.cancel(job) == (True, None)  # no handle yet: the worker has not reported the start
+    cancelled, stop = core.cancel(job)
+    assert cancelled and stop is not None
+    stop()  # the worker has not attached anything yet: remembered
     stopped: list[bool] = []
-    assert core.started(job, start.attempt, lambda: stopped.append(True)) is False
-    assert core.started("unknown", 1, None) is False
+    start.cancel.attach(lambda: stopped.append(True))  # the worker, as it starts the attempt
+    assert stopped == [True]
+    start.cancel.cancel()  # a second cancel stops it again (executions take that)
+    assert stopped == [True, True]
 
 
 def test_a_job_dispatched_before_its_first_commit_is_written_once_already_running() -> None:
