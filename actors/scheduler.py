@@ -123,7 +123,6 @@ class SchedulerActor(SupervisedActor):
             memory.store = (self._store_factory() if self._store_factory
                             else SqliteStore(Path(settings.job_storage_path or ".jobs")))
         core = self.core = SchedulerCore(memory.store, time.time, settings.max_retries)
-        core.sends_ahead = self._sends_ahead
         core.completed, core.failed, core.cancelled = memory.counts
         core.retired = set(memory.retired)
         # Attempts of the failed instance whose worker is still the same live actor
@@ -171,7 +170,6 @@ class SchedulerActor(SupervisedActor):
         core = self.core
         if core is None:
             return
-        core.take_back_all()  # jobs sent ahead: queued again, or running where they started
         try:
             self._flush()
         except ActorRuntimeError:
@@ -194,7 +192,7 @@ class SchedulerActor(SupervisedActor):
             return
         # A stop: jobs still running stay "running" in the store; the next start retries them.
         for run in self.core.running.values():
-            run.handle.cancel()
+            run.cancel.cancel()
         self.memory.close()
 
     # --- questions (ask / proxy) ------------------------------------------------------
@@ -294,15 +292,11 @@ class SchedulerActor(SupervisedActor):
     def drain(self) -> int:
         """Stop starting jobs (graceful stop); returns how many are still running."""
         self._draining = True
-        self._core().take_back_all()
-        self._dispatch()  # arms the deadlines of those that had started
         return len(self._core().running)
 
     def retire_worker(self, name: str) -> bool:
         """Stop giving jobs to worker ``name`` (the pool shrinks); ``True`` once it is idle."""
-        idle = self._core().retire(name)
-        self._dispatch()  # a job sent ahead to it may go to another worker
-        return idle
+        return self._core().retire(name)
 
     def worker_busy(self, name: str) -> bool:
         """Whether worker ``name`` still runs an attempt."""
@@ -396,10 +390,11 @@ class SchedulerActor(SupervisedActor):
             self._flush_quietly()
         elif isinstance(message, ChildDown):
             self._worker_refs.pop(message.name, None)
-            for job_id in core.worker_lost(message.name):
+            job_id = core.worker_lost(message.name)
+            if job_id is not None:
                 self._cancel_timer(job_id)
                 self._outcome(job_id, core.abandon(job_id, f"worker {message.name} failed: {message.error}"))
-            self._dispatch()
+                self._dispatch()
         else:
             return super().on_receive(message)
         return None
@@ -503,21 +498,11 @@ class SchedulerActor(SupervisedActor):
                                                              {"status": "failed", "error": error}))
                 continue
             if not self._tell_worker(start.worker, RunJob(start.record.id, start.attempt, script,
-                                                          start.record.arguments, start.handle)):
-                for job_id in core.worker_lost(start.worker):  # a job sent ahead is queued again
-                    self._cancel_timer(job_id)
-                    self._outcome(job_id, core.abandon(job_id, f"worker {start.worker} is gone"))
+                                                          start.record.arguments, start.cancel)):
+                self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
+                core.worker_lost(start.worker)
                 continue
-            if not start.ahead:  # a job sent ahead gets its deadline when it starts
-                self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
-        for job_id, attempt in core.take_promoted():
-            self._arm_deadline(job_id, attempt, self._timeout_of(core.jobs[job_id].script_id))
-
-    def _sends_ahead(self, record: JobRecord) -> bool:
-        """Whether a queued job may be sent ahead to a busy worker: not one run inside
-        this process (its start must be committed before it runs), nor one whose script
-        is unknown here."""
-        return record.script_id in self._scripts and not self._in_process(record.script_id)
+            self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
 
     def _in_process(self, script_id: str) -> bool:
         script = self._scripts.get(script_id)
@@ -544,15 +529,13 @@ class SchedulerActor(SupervisedActor):
         if run is None or run.attempt != message.attempt:
             return
         self._timers.pop(message.job_id, None)
-        run.handle.cancel()
+        run.cancel.cancel()
         worker = run.worker
         ref = self._worker_refs.pop(worker, None) or self.context.directory.get(worker)
         error = f"worker {worker} hung: attempt {message.attempt} outlived its deadline"
         logger.warning("job %s: %s", message.job_id, error)
-        for job_id in core.worker_lost(worker):  # also one sent ahead that it had started
-            self._cancel_timer(job_id)
-            self._outcome(job_id, core.abandon(job_id, error if job_id == message.job_id
-                                               else f"worker {worker} was replaced: it hung"))
+        core.worker_lost(worker)
+        self._outcome(message.job_id, core.abandon(message.job_id, error))
         if ref is not None:
             self.context.directory.tell(self.context.supervisor, ReplaceChild(worker, ref.actor_urn, error))
         self._dispatch()

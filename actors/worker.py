@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
 from typing import Any, Protocol
 
 from runtime.command_executor import CommandExecution
@@ -20,9 +19,6 @@ __all__ = ["WorkerActor"]
 
 logger = logging.getLogger(__name__)
 
-#: Reports a worker keeps to send again to a restarted scheduler.
-REPORTS_KEPT = 8
-
 
 class _Execution(Protocol):
     def run(self) -> ExecutionResult: ...
@@ -32,12 +28,9 @@ class _Execution(Protocol):
 class WorkerActor(SupervisedActor):
     """Takes ``RunJob`` and answers ``JobProgress`` and ``JobFinished``.
 
-    A worker runs its attempt inside its handler. Behind it waits at most one job
-    sent ahead (child processes, HTTP, SQL, isolated python: see
-    ``SchedulerCore.dispatch``), which it starts the moment the attempt ends, unless
-    the scheduler took it back meanwhile (its ``AttemptHandle`` says which of the two
-    came first). An attempt is cancelled through
-    the job's ``AttemptHandle``, where the worker attaches the execution's stop (it
+    A worker runs its attempt inside its handler: the scheduler sends a job only
+    to an idle worker, so nothing waits behind it. An attempt is cancelled through
+    the job's ``CancelSlot``, where the worker attaches the execution's stop (it
     kills the process group, aborts the HTTP call or cancels the query), not
     through this actor's inbox.
 
@@ -50,11 +43,9 @@ class WorkerActor(SupervisedActor):
         super().__init__(context)
         self.pools = pools or ConnectionPools()
         self._python_process: PythonProcess | None = None  # this worker's host for isolated python jobs
-        # The last reports, sent again when a (restarted) scheduler asks who is ready: one
+        # The last report, sent again when a (restarted) scheduler asks who is ready: one
         # sent while no scheduler was listening is lost otherwise. Duplicates are ignored.
-        # More than one: with a job sent ahead, the reports of two attempts (or, after
-        # take-backs that came too late, a few) may be unread when the scheduler fails.
-        self._reports: deque[JobFinished] = deque(maxlen=REPORTS_KEPT)
+        self._last_report: JobFinished | None = None
 
     def setup(self) -> None:
         self._ready()
@@ -65,16 +56,15 @@ class WorkerActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RunJob):
-            if message.handle.claim():  # else the scheduler took back a job sent ahead
-                self._run(message)  # its JobFinished frees this worker in the scheduler
+            self._run(message)  # its JobFinished frees this worker in the scheduler
         elif isinstance(message, ReportReady):
             if message.reply_to is None:
-                for report in self._reports:
-                    self.context.directory.tell("scheduler", report)
+                if self._last_report is not None:
+                    self.context.directory.tell("scheduler", self._last_report)
                 self._ready()
             else:
-                for report in self._reports:
-                    tell_ref(message.reply_to, report)
+                if self._last_report is not None:
+                    tell_ref(message.reply_to, self._last_report)
                 tell_ref(message.reply_to, self._ready_message())
         else:
             return super().on_receive(message)
@@ -95,9 +85,8 @@ class WorkerActor(SupervisedActor):
         script = job.script
         logger.debug("worker %s runs job %s attempt %d (%s)", self.name, job.job_id, job.attempt, script.id)
         result = self._attempt(job, progress)
-        report = JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn)
-        self._reports.append(report)
-        directory.tell("scheduler", report)
+        self._last_report = JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn)
+        directory.tell("scheduler", self._last_report)
 
     def _attempt(self, job: RunJob, progress: Any) -> ExecutionResult:
         script = job.script
@@ -108,7 +97,7 @@ class WorkerActor(SupervisedActor):
         except ImportError as e:  # only a missing optional extra gets here
             error = f"script {script.id!r}: {e.name or e} is not installed (pip install 'actor-runtime[postgres]')"
             return ExecutionResult("failed", error=error, extra={"retryable": False})
-        job.handle.attach(execution.cancel)  # a cancel that came first stops it before it starts
+        job.cancel.attach(execution.cancel)  # a cancel that came first stops it before it starts
         result = execution.run()
         if script.kind in ("http", "sql"):
             self.context.directory.tell("stats", PoolFigures(self.pools.figures()))

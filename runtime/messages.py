@@ -14,7 +14,7 @@ from typing import Any
 
 __all__ = [
     "ActorCounted",
-    "AttemptHandle",
+    "CancelSlot",
     "ChildDown",
     "DeadlinePassed",
     "JobFigures",
@@ -110,42 +110,22 @@ class ReplaceChild:
 # --- jobs ------------------------------------------------------------------------------
 
 
-class AttemptHandle:
-    """How the scheduler controls an attempt it sent to a worker: take it back before
-    it starts, or stop it while it runs.
+class CancelSlot:
+    """How the scheduler stops an attempt running on a worker's thread.
 
-    The scheduler makes one per attempt, keeps it and sends it along in ``RunJob``.
-    The worker ``claim``s it before it starts the attempt: a job sent ahead to a busy
-    worker may have been ``revoke``d meanwhile (a better job came), and exactly one
-    of the two wins. Then the worker attaches the execution's own stop; a ``cancel``
-    that comes first is remembered, and the attach stops the attempt at once. So a
-    start needs no message back. The lock only makes these steps atomic: the two
+    The scheduler makes one per attempt, keeps it and sends it along in ``RunJob``;
+    the worker attaches the execution's own ``cancel`` once it has one. A cancel that
+    comes first is remembered, and the attach then cancels at once. So a start needs
+    no message back. The lock only orders ``cancel`` against ``attach``: the two
     actors share nothing else through it.
     """
 
-    __slots__ = ("_lock", "_stop", "_owner", "cancelled")
+    __slots__ = ("_lock", "_stop", "cancelled")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stop: Callable[[], None] | None = None
-        self._owner = ""  # "", then "worker" (claimed) or "scheduler" (revoked)
         self.cancelled = False
-
-    def claim(self) -> bool:
-        """The worker, before it starts the attempt: ``False`` when it was revoked (skip it)."""
-        with self._lock:
-            if self._owner == "scheduler":
-                return False
-            self._owner = "worker"
-            return True
-
-    def revoke(self) -> bool:
-        """The scheduler: take the attempt back; ``False`` when the worker has claimed it."""
-        with self._lock:
-            if self._owner == "worker":
-                return False
-            self._owner = "scheduler"
-            return True
 
     def cancel(self) -> None:
         """Stop the attempt (from any thread); idempotent."""
@@ -174,14 +154,14 @@ class RunJob:
             report about an attempt already given up on is ignored.
         script: the registry entry, as validated at submission.
         arguments: validated arguments (JSON values).
-        handle: claimed by the worker before it starts; where it attaches the stop (``AttemptHandle``).
+        cancel: where the worker attaches the attempt's stop (see ``CancelSlot``).
     """
 
     job_id: str
     attempt: int
     script: Any
     arguments: dict[str, Any]
-    handle: AttemptHandle = field(default_factory=AttemptHandle)
+    cancel: CancelSlot = field(default_factory=CancelSlot)
 
 
 @dataclass(frozen=True, slots=True)

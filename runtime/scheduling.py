@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.execution_stats import ExecutionStats
-from runtime.messages import AttemptHandle
+from runtime.messages import CancelSlot
 from runtime.store import JobRecord, JobState, JobStore
 
 __all__ = ["Dispatch", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory"]
@@ -39,14 +39,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Start attempt ``attempt`` of ``record`` on ``worker``; ``ahead``: once its attempt in
-    flight ends (the job is sent ahead and stays ``queued`` until then)."""
+    """Start attempt ``attempt`` of ``record`` on ``worker``."""
 
     worker: str
     record: JobRecord
     attempt: int
-    handle: AttemptHandle
-    ahead: bool = False
+    cancel: CancelSlot
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +64,11 @@ class Outcome:
 
 @dataclass
 class Running:
-    """An attempt in flight (or sent ahead): where it runs and how to control it."""
+    """An attempt in flight: where it runs and how to stop it (``cancel.cancel()``)."""
 
     worker: str
     attempt: int
-    handle: AttemptHandle = field(default_factory=AttemptHandle)
+    cancel: CancelSlot = field(default_factory=CancelSlot)
 
 
 @dataclass
@@ -136,14 +134,6 @@ class SchedulerCore:
     _waiting_retry: set[str] = field(default_factory=set)
     _busy_after_cancel: set[str] = field(default_factory=set)
     retired: set[str] = field(default_factory=set)
-    #: Jobs sent ahead to a busy worker, which starts them as its attempt ends (see
-    #: ``dispatch``); they stay queued until then. Job id -> worker and attempt.
-    ahead: dict[str, Running] = field(default_factory=dict)
-    #: Which queued jobs may be sent ahead (``None``: none). The actor excludes jobs run
-    #: inside the process: their start must be committed before they run.
-    sends_ahead: Callable[[JobRecord], bool] | None = None
-    #: Jobs sent ahead that have started since ``take_promoted`` was last called.
-    _promoted: list[tuple[str, int]] = field(default_factory=list)
 
     # --- intake ----------------------------------------------------------------------
 
@@ -200,9 +190,6 @@ class SchedulerCore:
             del self.added[job_id]
             self.jobs.pop(job_id, None)
             self.dirty.pop(job_id, None)
-            ahead = self.ahead.pop(job_id, None)
-            if ahead is not None:
-                ahead.handle.revoke()  # not sent yet: the commit comes before the sending
             run = self.running.pop(job_id, None)
             if run is not None:
                 self._release(run.worker)
@@ -222,22 +209,15 @@ class SchedulerCore:
     # --- dispatch --------------------------------------------------------------------
 
     def worker_ready(self, worker: str) -> None:
-        """A (new) worker instance is idle: a job sent ahead to the old one comes back."""
+        """A (new) worker instance is idle."""
         self._busy_after_cancel.discard(worker)
-        self._take_back_from(worker)
         self._release(worker)
 
     def _release(self, worker: str) -> None:
-        """``worker``'s attempt is over: it starts the job sent ahead to it, or is idle."""
         self._busy_after_cancel.discard(worker)
-        if any(r.worker == worker for r in self.running.values()):
-            return  # it runs another attempt: a job sent ahead that it started before this report came
-        for job_id, run in self.ahead.items():
-            if run.worker == worker:
-                del self.ahead[job_id]
-                self._promote(job_id, run)
-                return
-        if worker not in self.retired and worker not in self.idle:
+        if worker in self.retired:
+            return
+        if worker not in self.idle and all(r.worker != worker for r in self.running.values()):
             self.idle.append(worker)
 
     def retire(self, worker: str) -> bool:
@@ -245,7 +225,6 @@ class SchedulerCore:
         self.retired.add(worker)
         if worker in self.idle:
             self.idle.remove(worker)
-        self._take_back_from(worker)
         return not self.busy(worker)
 
     def busy(self, worker: str) -> bool:
@@ -256,98 +235,37 @@ class SchedulerCore:
         """``worker`` (a name the pool grows into again) may get jobs once it is ready."""
         self.retired.discard(worker)
 
-    def worker_lost(self, worker: str) -> list[str]:
-        """A worker died (or hangs); returns the jobs it was running (a job sent ahead to it
-        goes back to the queue, unless it had started it)."""
+    def worker_lost(self, worker: str) -> str | None:
+        """A worker died; returns the job it was running, if any."""
         self._busy_after_cancel.discard(worker)
         if worker in self.idle:
             self.idle.remove(worker)
-        self._take_back_from(worker)
-        return [job_id for job_id, run in self.running.items() if run.worker == worker]
-
-    def dispatch(self) -> list[Dispatch]:
-        """Pair idle workers with the best queued jobs (marking those jobs running), then,
-        where ``sends_ahead`` allows, send each busy worker the next best job ahead: it
-        starts it the moment its attempt ends, with no round trip through the scheduler
-        in between. Jobs sent ahead are taken back when a better one is queued (strict
-        priority and FIFO hold) or a worker is idle (none waits behind a long attempt)."""
-        if self.ahead:
-            head = self._peek()
-            if self.idle or (head is not None and any(
-                    (self.jobs[j].priority, self.jobs[j].seq) > (head.priority, head.seq) for j in self.ahead)):
-                self.take_back_all()
-        starts = []
-        now = self.wall()
-        while self.idle and (record := self._peek()) is not None:
-            heapq.heappop(self._queue)
-            run = self._start(record, Running(self.idle.pop(0), len(record.attempts) + 1), now)
-            starts.append(Dispatch(run.worker, record, run.attempt, run.handle))
-        if self.sends_ahead is not None:
-            holding = {run.worker for run in self.ahead.values()}
-            # dict.fromkeys: one job ahead per worker, even one running two attempts for a
-            # moment (it started the job sent ahead before its report of the last came in).
-            for worker in dict.fromkeys(r.worker for r in self.running.values() if r.worker not in holding):
-                record = self._peek()
-                if record is None or not self.sends_ahead(record):
-                    break
-                if worker in self.retired:
-                    continue
-                heapq.heappop(self._queue)
-                run = self.ahead[record.id] = Running(worker, len(record.attempts) + 1)
-                starts.append(Dispatch(worker, record, run.attempt, run.handle, ahead=True))
-        return starts
-
-    def take_back_all(self) -> None:
-        """Take back every job sent ahead (a drain, a stop, a hand-over): back to the
-        queue, or running where its worker has already started it."""
-        for job_id in list(self.ahead):
-            self._take_back(job_id)
-
-    def take_promoted(self) -> list[tuple[str, int]]:
-        """The jobs sent ahead that have started since the last call (job id, attempt),
-        still running: the caller arms their deadlines."""
-        promoted, self._promoted = self._promoted, []
-        return [(job_id, attempt) for job_id, attempt in promoted
-                if (run := self.running.get(job_id)) is not None and run.attempt == attempt]
-
-    def _peek(self) -> JobRecord | None:
-        """The best queued job, dropping the queue's stale entries (jobs cancelled while queued)."""
-        while self._queue:
-            job_id = self._queue[0][2]
-            record = self.jobs.get(job_id)
-            if record is None or record.state.finished or job_id in self.running or job_id in self.ahead:
-                heapq.heappop(self._queue)
-                continue
-            return record
+        for job_id, run in self.running.items():
+            if run.worker == worker:
+                return job_id
         return None
 
-    def _start(self, record: JobRecord, run: Running, now: float) -> Running:
-        record.attempts.append(
-            {"number": run.attempt, "started_at": now, "finished_at": None, "error": None, "status": "running"}
-        )
-        record.state = JobState.RUNNING
-        record.progress = None
-        record.updated_at = now
-        self.dirty[record.id] = record
-        self.running[record.id] = run
-        return run
-
-    def _promote(self, job_id: str, run: Running) -> None:
-        """A job sent ahead has started on its worker (or is about to): it runs now."""
-        self._start(self.jobs[job_id], run, self.wall())
-        self._promoted.append((job_id, run.attempt))
-
-    def _take_back(self, job_id: str) -> None:
-        run = self.ahead.pop(job_id)
-        if run.handle.revoke():
-            record = self.jobs[job_id]
-            heapq.heappush(self._queue, (record.priority, record.seq, job_id))
-        else:  # the worker claimed it first: it runs
-            self._promote(job_id, run)
-
-    def _take_back_from(self, worker: str) -> None:
-        for job_id in [j for j, run in self.ahead.items() if run.worker == worker]:
-            self._take_back(job_id)
+    def dispatch(self) -> list[Dispatch]:
+        """Pair idle workers with the best queued jobs; marks those jobs running."""
+        starts = []
+        now = self.wall()
+        while self.idle and self._queue:
+            _, _, job_id = heapq.heappop(self._queue)
+            record = self.jobs.get(job_id)
+            if record is None or record.state.finished or job_id in self.running:
+                continue  # cancelled while queued
+            worker = self.idle.pop(0)
+            attempt = len(record.attempts) + 1
+            record.attempts.append(
+                {"number": attempt, "started_at": now, "finished_at": None, "error": None, "status": "running"}
+            )
+            record.state = JobState.RUNNING
+            record.progress = None
+            record.updated_at = now
+            self.dirty[record.id] = record
+            run = self.running[job_id] = Running(worker, attempt)
+            starts.append(Dispatch(worker, record, attempt, run.cancel))
+        return starts
 
     def progress(self, job_id: str, attempt: int, fraction: float, message: str) -> bool:
         """Record progress; ``False`` for a stale attempt (ignored)."""
@@ -369,9 +287,6 @@ class SchedulerCore:
             the job's outcome, or ``None`` when the report is stale (an attempt
             already given up on, or a cancelled job).
         """
-        early = self.ahead.get(job_id)
-        if early is not None and early.attempt == attempt:  # its start was not seen yet
-            self._promote(job_id, self.ahead.pop(job_id))
         run = self.running.get(job_id)
         if run is None or run.attempt != attempt:
             if worker is not None:
@@ -413,15 +328,13 @@ class SchedulerCore:
         record = self.jobs.get(job_id)
         if record is None or record.state.finished:
             return False, None
-        if job_id in self.ahead:
-            self._take_back(job_id)  # not started: it is simply queued; started: it runs
         run = self.running.pop(job_id, None)
         if run is not None:
             self._busy_after_cancel.add(run.worker)  # until its JobFinished arrives
             record.attempts[-1].update(finished_at=self.wall(), status="cancelled", error="cancelled")
         self._waiting_retry.discard(job_id)
         self._close(record, JobState.CANCELLED, None, "cancelled")
-        return True, run.handle.cancel if run else None
+        return True, run.cancel.cancel if run else None
 
     def _attempt_failed(self, record: JobRecord, result: dict[str, Any] | None, error: str,
                         final: bool = False) -> Outcome:

@@ -3,9 +3,7 @@ validation, crashes of workers and of the whole process, drain, hung workers."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import random
 import signal
 import subprocess
@@ -38,10 +36,6 @@ SPAWN_AND_SLEEP = textwrap.dedent("""
     print("::progress 0.1", child.pid, flush=True)
     time.sleep(60)
 """)
-# Commands that append their token to a file (a record of what ran, across processes),
-# and that wait until a FIFO gets a writer (a gate a test opens).
-APPEND_LINE = "import json, sys; a = json.load(sys.stdin); open(a['path'], 'a').write(a['token'] + '\\n')"
-WAIT_FOR_WRITER = "import json, sys; a = json.load(sys.stdin); open(a['path']).read()"
 # A command that reports its own pid, then sleeps.
 REPORT_PID_AND_SLEEP = textwrap.dedent("""
     import os, sys, time
@@ -70,8 +64,6 @@ SCRIPTS = [
     py("maybe_block", "maybe_block", {"n": {"type": "integer", "required": True}}),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
     {"id": "sleeper", "command": [PY, "-c", REPORT_PID_AND_SLEEP], "timeout": 30, "max_retries": 0},
-    {"id": "append", "command": [PY, "-c", APPEND_LINE], "arguments": {"path": STR, "token": STR}, "timeout": 30},
-    {"id": "gate", "command": [PY, "-c", WAIT_FOR_WRITER], "arguments": {"path": STR}, "timeout": 30},
     {"id": "echo", "command": [PY, "-c", "import sys; print(sys.stdin.read())"],
      "arguments": {"text": STR, "count": {"type": "integer", "default": 1}}, "timeout": 10},
 ]
@@ -130,38 +122,6 @@ def test_strict_priority_under_a_full_pool(start_runtime: Callable[..., Runtime]
     for job in [blocker, *jobs]:
         assert rt.wait_job(job, timeout=5)["status"] == "succeeded"
     assert helpers.CALLS == ["busy", "H1", "H2", "H3", "N1", "N2", "N3", "L1", "L2", "L3"]
-
-
-def open_gate(fifo: Path) -> None:
-    """Let the ``gate`` job waiting on ``fifo`` end, once it is there."""
-    def writer() -> int | None:
-        try:
-            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # no reader yet: the job has not opened it
-                return None
-            raise
-    fd = wait_until(writer, message="the gate job never opened its FIFO")
-    os.close(fd)
-
-
-def test_strict_priority_holds_for_jobs_sent_ahead_to_a_busy_worker(
-    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
-) -> None:
-    # Child-process jobs are sent ahead to a busy worker; a better job takes such a job
-    # back, and the worker skips it: the order is still strict.
-    rt = start_runtime(registry, job_concurrency=1, store_factory=MemoryStore, **quiet())
-    fifo, out = tmp_path / "gate", tmp_path / "order.txt"
-    os.mkfifo(fifo)
-    blocker = rt.submit("gate", {"path": str(fifo)})
-    plan = [("low", "L1"), ("normal", "N1"), ("high", "H1"), ("normal", "N2"), ("low", "L2"), ("high", "H2"),
-            (1, "N3"), (0, "H3"), (2, "L3")]
-    jobs = [rt.submit("append", {"path": str(out), "token": token}, priority=priority) for priority, token in plan]
-    open_gate(fifo)
-    for job in [blocker, *jobs]:
-        assert rt.wait_job(job, timeout=30)["status"] == "succeeded"
-    assert out.read_text().split() == ["H1", "H2", "H3", "N1", "N2", "N3", "L1", "L2", "L3"]
-    assert all(len(rt.status(job)["attempts"]) == 1 for job in jobs)
 
 
 # --- retries ----------------------------------------------------------------------------
@@ -378,32 +338,6 @@ def test_every_job_succeeds_exactly_once_while_workers_crash(
     assert [t for t, n in counts.items() if n != 1] == []  # no job body ran twice
     wait_until(lambda: sum(rt.stats_snapshot()["actors"][w]["restarts"] for w in workers) == faults,
                message="a restart is missing from the stats")
-
-
-def test_every_command_job_runs_exactly_once_while_workers_crash(
-    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
-) -> None:
-    # A crashed worker loses the job sent ahead to it with its inbox: the scheduler takes
-    # it back and another worker runs it, once.
-    rt = start_runtime(registry, job_concurrency=3, store_factory=MemoryStore, retry_backoff_min=0.001,
-                       retry_backoff_max=0.01, max_retries=10, backoff_min=0.001, backoff_max=0.01,
-                       max_restarts=1000, **quiet())
-    out = tmp_path / "runs.txt"
-    rng = random.Random(7)
-    workers = [f"worker-{i}" for i in range(3)]
-    jobs = []
-    for i in range(120):
-        jobs.append(rt.submit("append", {"path": str(out), "token": f"t{i}"}))
-        if i % 8 == 4:
-            worker = rng.choice(workers)
-            old = inject_fault(rt, worker)
-            wait_until(lambda: replaced(rt, worker, old), message=f"{worker} not replaced")
-    for job in jobs:
-        assert rt.wait_job(job, timeout=60)["status"] == "succeeded"
-    counts = Counter(out.read_text().split())
-    assert sorted(counts) == sorted(f"t{i}" for i in range(120))
-    assert [t for t, n in counts.items() if n != 1] == []
-    assert rt.queue_stats()["failed_jobs"] == 0
 
 
 # --- the whole process killed -----------------------------------------------------------

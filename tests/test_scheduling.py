@@ -228,7 +228,7 @@ def test_cancel_a_running_job_returns_its_handle_and_frees_the_worker_on_its_rep
     core.worker_ready("w0")
     core.dispatch()
     calls: list[str] = []
-    core.running[a].handle.attach(lambda: calls.append("cancel"))  # as the worker does
+    core.running[a].cancel.attach(lambda: calls.append("cancel"))  # as the worker does
     cancelled, handle = core.cancel(a)
     assert cancelled and handle is not None
     handle()
@@ -270,7 +270,7 @@ def test_reports_of_an_abandoned_attempt_are_ignored() -> None:
     core.worker_ready("w1")
     (start,) = core.dispatch()
     assert start.worker == "w0"
-    assert core.worker_lost("w0") == [job]
+    assert core.worker_lost("w0") == job
     outcome = core.abandon(job, "worker w0 hung")
     assert outcome is not None and outcome.state is JobState.RETRYING
     assert core.abandon(job, "again") is None  # nothing running any more
@@ -293,7 +293,7 @@ def test_report_for_an_unknown_job_is_ignored() -> None:
     core, _, _ = make_core()
     assert core.finished("nope", 1, {"status": "succeeded"}) is None
     assert not core.progress("nope", 1, 0.1, "")
-    assert core.worker_lost("w9") == []
+    assert core.worker_lost("w9") is None
 
 
 # --- restore after a crash --------------------------------------------------------------
@@ -416,9 +416,9 @@ def test_a_cancel_before_the_worker_attaches_its_stop_stops_the_attempt_at_the_a
     assert cancelled and stop is not None
     stop()  # the worker has not attached anything yet: remembered
     stopped: list[bool] = []
-    start.handle.attach(lambda: stopped.append(True))  # the worker, as it starts the attempt
+    start.cancel.attach(lambda: stopped.append(True))  # the worker, as it starts the attempt
     assert stopped == [True]
-    start.handle.cancel()  # a second cancel stops it again (executions take that)
+    start.cancel.cancel()  # a second cancel stops it again (executions take that)
     assert stopped == [True, True]
 
 
@@ -453,151 +453,3 @@ def test_reject_undoes_jobs_whose_commit_failed() -> None:
     core.reject()
     assert record.id not in core.jobs and not core.running and core.idle == ["w0"]
     assert core.dispatch() == [] and store.raw.get(record.id) is None
-
-
-# --- jobs sent ahead to busy workers ------------------------------------------------------
-
-
-def ahead_core(*workers: str) -> tuple[SchedulerCore, Any, Wall]:
-    core, store, wall = make_core()
-    core.sends_ahead = lambda record: record.arguments.get("tag") != "inline"
-    for worker in workers:
-        core.worker_ready(worker)
-    return core, store, wall
-
-
-def test_a_busy_worker_gets_the_next_job_ahead_and_it_runs_once_the_attempt_ends() -> None:
-    core, store, _ = ahead_core("w0")
-    a, b, c = submit(core), submit(core), submit(core)
-    first, second = core.dispatch()
-    assert (first.record.id, first.ahead) == (a, False)
-    assert (second.record.id, second.worker, second.attempt, second.ahead) == (b, "w0", 1, True)
-    assert core.jobs[b].state is JobState.QUEUED and core.jobs[b].attempts == []  # not started yet
-    assert core.queued == 2 and core.dispatch() == []  # one job ahead per worker
-    assert second.handle.claim()  # the worker, as its attempt of a ends
-    core.finished(a, 1, {"status": "succeeded"}, "w0")
-    assert core.running[b].worker == "w0" and core.jobs[b].state is JobState.RUNNING
-    assert [entry["number"] for entry in core.jobs[b].attempts] == [1]
-    assert core.take_promoted() == [(b, 1)] and core.take_promoted() == []
-    (third,) = core.dispatch()
-    assert (third.record.id, third.ahead) == (c, True)
-    core.flush()
-    assert store.get(b).state is JobState.RUNNING
-
-
-def test_a_job_run_inside_the_process_is_never_sent_ahead() -> None:
-    core, _, _ = ahead_core("w0")
-    a = submit(core)
-    submit(core, tag="inline")
-    submit(core)  # behind it: FIFO, so not sent ahead either
-    assert [s.record.id for s in core.dispatch()] == [a]
-
-
-def test_a_better_job_takes_back_the_one_sent_ahead() -> None:
-    core, _, _ = ahead_core("w0")
-    a, low = submit(core), submit(core, priority=2)
-    _, sent = core.dispatch()
-    high = submit(core, priority=0)
-    (again,) = core.dispatch()
-    assert (again.record.id, again.ahead) == (high, True)
-    assert not sent.handle.claim()  # the worker skips the job taken back
-    assert again.handle.claim()
-    core.finished(a, 1, {"status": "succeeded"}, "w0")
-    assert high in core.running and low not in core.running
-    (last,) = core.dispatch()
-    assert last.record.id == low and core.jobs[low].attempts == []
-
-
-def test_an_idle_worker_takes_the_job_waiting_behind_a_busy_one() -> None:
-    core, _, _ = ahead_core("w0")
-    submit(core)
-    b = submit(core)
-    _, sent = core.dispatch()
-    core.worker_ready("w1")
-    (start,) = core.dispatch()
-    assert (start.record.id, start.worker, start.ahead) == (b, "w1", False)
-    assert not sent.handle.claim()
-
-
-def test_a_job_ahead_that_its_worker_claimed_first_runs_when_taken_back() -> None:
-    core, _, _ = ahead_core("w0")
-    a, b = submit(core), submit(core)
-    _, sent = core.dispatch()
-    assert sent.handle.claim()  # the worker has finished a and started b; its report is on the way
-    c = submit(core, priority=0)
-    submit(core)
-    (again,) = core.dispatch()  # b could not be taken back: it runs, and c (only) goes ahead
-    assert core.running[b].worker == "w0" and core.take_promoted() == [(b, 1)]
-    assert (again.record.id, again.worker, again.ahead) == (c, "w0", True)
-    core.finished(a, 1, {"status": "succeeded"}, "w0")  # the late report of a frees nothing
-    assert core.idle == [] and core.running[b].worker == "w0"
-    assert core.dispatch() == []  # still one job ahead for w0, though it ran two attempts for a moment
-    assert c not in core.running  # c waits behind b in the worker's inbox: not started
-    assert again.handle.claim()
-    core.finished(b, 1, {"status": "succeeded"}, "w0")
-    assert core.running[c].worker == "w0" and core.take_promoted() == [(c, 1)]
-
-
-def test_cancel_a_job_sent_ahead_before_and_after_its_worker_claimed_it() -> None:
-    core, _, _ = ahead_core("w0", "w1")
-    submit(core)
-    submit(core)
-    b, c = submit(core), submit(core)
-    starts = core.dispatch()
-    sent = {s.record.id: s for s in starts if s.ahead}
-    assert set(sent) == {b, c}
-    assert core.cancel(b) == (True, None)  # not started: cancelled without an attempt
-    assert not sent[b].handle.claim()
-    assert core.jobs.get(b) is None and core.cancelled == 1
-    assert sent[c].handle.claim()
-    cancelled, stop = core.cancel(c)  # started: cancelled like a running job
-    assert cancelled and stop is not None
-    stopped: list[bool] = []
-    sent[c].handle.attach(lambda: stopped.append(True))
-    stop()
-    assert stopped == [True]
-    assert core.busy(sent[c].worker)  # until its report comes
-
-
-def test_a_lost_worker_gives_back_its_job_ahead_or_loses_it_if_started() -> None:
-    core, _, _ = ahead_core("w0", "w1")
-    a0, a1, b0, b1 = submit(core), submit(core), submit(core), submit(core)
-    starts = core.dispatch()
-    ahead = {s.worker: s for s in starts if s.ahead}
-    on_w0, on_w1 = ahead["w0"].record.id, ahead["w1"].record.id
-    assert {on_w0, on_w1} == {b0, b1}
-    assert core.worker_lost("w0") == [a0]  # b went back to the queue: it never started
-    assert not ahead["w0"].handle.claim()
-    assert core.abandon(a0, "crashed").state is JobState.RETRYING
-    assert ahead["w1"].handle.claim()
-    assert sorted(core.worker_lost("w1")) == sorted([a1, on_w1])  # started: lost with the worker
-    core.worker_ready("w2")
-    (start,) = core.dispatch()
-    assert (start.record.id, start.worker, start.ahead) == (on_w0, "w2", False)
-
-
-def test_take_back_all_queues_what_did_not_start_and_keeps_running_what_did() -> None:
-    core, _, _ = ahead_core("w0", "w1")
-    submit(core)
-    submit(core)
-    b0, b1 = submit(core), submit(core)
-    ahead = {s.record.id: s for s in core.dispatch() if s.ahead}
-    assert ahead[b1].handle.claim()
-    core.take_back_all()
-    assert core.ahead == {} and b1 in core.running and b0 not in core.running
-    assert not ahead[b0].handle.claim()
-    assert core.take_promoted() == [(b1, 1)]
-
-
-def test_a_retired_worker_gives_back_its_job_ahead() -> None:
-    core, _, _ = ahead_core("w0", "w1")
-    submit(core)
-    submit(core)
-    b = submit(core)
-    ahead = [s for s in core.dispatch() if s.ahead]
-    assert [s.record.id for s in ahead] == [b]
-    assert not core.retire(ahead[0].worker)  # still busy with its attempt
-    assert not ahead[0].handle.claim()
-    assert b not in core.ahead
-    (again,) = core.dispatch()  # to the other busy worker instead
-    assert (again.record.id, again.ahead) == (b, True) and again.worker != ahead[0].worker
