@@ -29,6 +29,7 @@ from runtime.messages import (
 from runtime.python_process import START_TIMEOUT
 from runtime.registry import Script, load_registry
 from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory
+from runtime.start_marks import apply_marks, read_marks
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
 
 from actors.base import ActorContext, SupervisedActor, tell_ref
@@ -81,6 +82,9 @@ class SchedulerActor(SupervisedActor):
         store_factory: opens the job store (default: SQLite under ``job_storage_path``).
         rng: jitter source for retry backoff (tests pass a fixed one).
         memory: what a restarted instance takes over from the failed one.
+        marks: the workers' start marks folder (``runtime/start_marks.py``); ``None``
+            (a custom store): the attempt of a job run on a worker thread is committed
+            before the job starts instead.
     """
 
     def __init__(
@@ -90,8 +94,10 @@ class SchedulerActor(SupervisedActor):
         store_factory: Callable[[], JobStore] | None = None,
         rng: Callable[[], float] | None = None,
         memory: SchedulerMemory | None = None,
+        marks: Path | None = None,
     ) -> None:
         super().__init__(context)
+        self._marks = marks
         self._callbacks = callbacks
         self._store_factory = store_factory
         self._rng = rng
@@ -122,6 +128,8 @@ class SchedulerActor(SupervisedActor):
         if memory.store is None:
             memory.store = (self._store_factory() if self._store_factory
                             else SqliteStore(Path(settings.job_storage_path or ".jobs")))
+            if self._marks is not None:  # the process's first start: attempts it may not have stored
+                apply_marks(memory.store, read_marks(self._marks))
         core = self.core = SchedulerCore(memory.store, time.time, settings.max_retries)
         core.completed, core.failed, core.cancelled = memory.counts
         core.retired = set(memory.retired)
@@ -486,9 +494,10 @@ class SchedulerActor(SupervisedActor):
             except ActorRuntimeError:
                 core.reject()  # not stored: not accepted, and none of it starts
                 raise
-        elif any(self._in_process(s.record.script_id) for s in starts):
+        elif self._marks is None and any(self._in_process(s.record.script_id) for s in starts):
             # A job run inside this process can kill it: its attempt must be on disk before
             # it starts, or a job that crashes the runtime would never use up its retries.
+            # (With start marks, the worker marks the start itself: runtime/start_marks.py.)
             self._flush_quietly()
         for start in starts:
             script = self._scripts.get(start.record.script_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.command_executor import CommandExecution
@@ -12,6 +13,7 @@ from runtime.messages import JobFinished, JobProgress, PoolFigures, ReportReady,
 from runtime.pools import ConnectionPools
 from runtime.python_process import PythonProcess
 from runtime.registry import Script
+from runtime.start_marks import StartMarker
 
 from actors.base import ActorContext, SupervisedActor, tell_ref
 
@@ -37,22 +39,31 @@ class WorkerActor(SupervisedActor):
     Args:
         context: the actor's context.
         pools: the runtime's connection pools, used by ``http`` and ``sql`` scripts.
+        marks: the start marks folder: the start of each job run on this worker's
+            thread is marked there first (``runtime/start_marks.py``).
     """
 
-    def __init__(self, context: ActorContext, pools: ConnectionPools | None = None) -> None:
+    def __init__(self, context: ActorContext, pools: ConnectionPools | None = None,
+                 marks: Path | None = None) -> None:
         super().__init__(context)
         self.pools = pools or ConnectionPools()
+        self._marks = marks
+        self._marker: StartMarker | None = None
         self._python_process: PythonProcess | None = None  # this worker's host for isolated python jobs
         # The last report, sent again when a (restarted) scheduler asks who is ready: one
         # sent while no scheduler was listening is lost otherwise. Duplicates are ignored.
         self._last_report: JobFinished | None = None
 
     def setup(self) -> None:
+        if self._marks is not None:
+            self._marker = StartMarker(self._marks, self.name)
         self._ready()
 
     def teardown(self) -> None:
         if self._python_process is not None:
             self._python_process.close()
+        if self._marker is not None:
+            self._marker.close()
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RunJob):
@@ -91,6 +102,8 @@ class WorkerActor(SupervisedActor):
     def _attempt(self, job: RunJob, progress: Any) -> ExecutionResult:
         script = job.script
         if script.kind == "python" and script.options.get("isolation", "thread") == "thread":
+            if self._marker is not None:  # it could take the process down: mark its start first
+                self._marker.note(job.job_id, job.attempt)
             return run_python(script, job.arguments, progress)  # cancelled by its own checks only
         try:
             execution = self._execution(script, job.arguments, progress)

@@ -25,6 +25,7 @@ from runtime.pools import ConnectionPools
 from runtime.registry import Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView
 from runtime.scheduling import SchedulerMemory
+from runtime.start_marks import marks_folder
 from runtime.stats import StatsAccumulator
 from runtime.store import JobStore
 from runtime.supervision import Backoff, ChildSpec, RestartPolicy
@@ -68,6 +69,8 @@ class Runtime:
         self._scheduler_memory = SchedulerMemory()
         self._inotify_factory = inotify_factory
         self._store_factory = store_factory
+        # Start marks go with the SQLite store in job_storage_path (see runtime/start_marks.py).
+        self._marks = None if store_factory else marks_folder(Path(self.settings.job_storage_path or ".jobs"))
         self._retry_rng = retry_rng
         self.callbacks = CallbackRunner()
         self._ready = threading.Event()
@@ -161,12 +164,13 @@ class Runtime:
             ChildSpec("cache", lambda: CacheActor.start(context("cache"), self._cache_memory, self.cache_view)),
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
-                context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory)),
+                context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory,
+                self._marks)),
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
     def _worker_spec(self, name: str, context: Callable[[str], ActorContext]) -> ChildSpec:
-        return ChildSpec(name, lambda: WorkerActor.start(context(name), self.pools))
+        return ChildSpec(name, lambda: WorkerActor.start(context(name), self.pools, self._marks))
 
     def _escalated(self, text: str) -> None:
         # Called on the supervisor's thread: record, then clean up from another thread

@@ -8,9 +8,9 @@ Module-level state lets a test hold a worker busy and release it deterministical
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 #: Tokens of the calls that ran, in order.
@@ -84,17 +84,6 @@ def block_then_report(name: str, progress: Any) -> str:
     return name
 
 
-def stored_running(store: str) -> int:
-    """How many jobs the store file says are running, read while this job runs."""
-    from runtime.store import SqliteStore
-
-    reader = SqliteStore(Path(store))
-    try:
-        return reader.counts()["running"]
-    finally:
-        reader.close()
-
-
 def hang_once(name: str) -> str:
     """The first call with ``name`` blocks until ``release(name)``; later ones return at once."""
     ATTEMPTS[name] += 1
@@ -122,6 +111,11 @@ def report(token: str, progress: Any) -> str:
     progress(1.0, f"{token} done")
     CALLS.append(token)
     return token
+
+
+def die() -> None:
+    """Kill this whole process at once: a job that takes the runtime down with it."""
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def maybe_block(n: int) -> int:

@@ -21,6 +21,7 @@ import pytest
 from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
 from runtime.errors import ConfigError, InvalidArguments, JobNotFound, ScriptNotFound, StoreError
+from runtime.start_marks import apply_marks, marks_folder, read_marks
 from runtime.store import INTERRUPTED_ERROR, MemoryStore, SqliteStore
 from runtime.testing import inject_fault, replaced, wait_until, write_registry
 from tests import jobs_helpers as helpers
@@ -60,8 +61,8 @@ SCRIPTS = [
        retry_backoff={"min": 0.5, "max": 0.5}),
     py("report", "report", {"token": STR}),
     py("block_then_report", "block_then_report", {"name": STR}),
-    py("stored_running", "stored_running", {"store": STR}),
     py("maybe_block", "maybe_block", {"n": {"type": "integer", "required": True}}),
+    py("die", "die", max_retries=1),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
     {"id": "sleeper", "command": [PY, "-c", REPORT_PID_AND_SLEEP], "timeout": 30, "max_retries": 0},
     {"id": "echo", "command": [PY, "-c", "import sys; print(sys.stdin.read())"],
@@ -383,6 +384,7 @@ def test_jobs_survive_sigkill_of_the_runtime_process(start_runtime: Callable[...
     assert len(jobs) == 300 and len(set(jobs)) == 300
     store = SqliteStore(store_dir)
     try:
+        apply_marks(store, read_marks(marks_folder(store_dir)))  # as the next start does first
         counts = store.counts()
         assert counts["running"] >= 1 and counts["queued"] + counts["running"] == 300, counts
         was_running = {j for j in jobs if store.get(j).state.value == "running"}  # type: ignore[union-attr]
@@ -728,15 +730,43 @@ def test_the_worker_pool_grows_and_shrinks_without_a_restart(
         rt.resize_workers(0)
 
 
-def test_an_in_process_job_starts_only_once_its_attempt_is_stored(
-    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
-) -> None:
-    # A python job on a worker thread can kill the whole process: were its attempt not
-    # on disk when it starts, a job that crashes the runtime would never use up its retries.
-    store = tmp_path / "store"
-    rt = start_runtime(registry, job_storage_path=store, job_concurrency=2, **quiet())
-    seen = [rt.run("stored_running", {"store": str(store)}, timeout=10)["result"]["value"] for _ in range(20)]
-    assert seen == [1] * 20
+DYING_CHILD = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, {root!r})
+    from runtime import Runtime
+    from runtime.testing import wait_until
+    rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=1, retry_backoff_min=0.01,
+                       retry_backoff_max=0.01, watcher="polling", poll_interval=10**6)
+    if sys.argv[1] == "submit":  # "die" waits behind "record": it starts after a report, not a submit
+        print(rt.submit_many([("record", {{"token": "first"}}), ("die", {{}})])[1], flush=True)
+    elif sys.argv[1] == "status":
+        print(json.dumps(rt.status(sys.argv[2])), flush=True)
+        rt.stop()
+        sys.exit(0)
+    wait_until(lambda: False, timeout=30, message="the job did not kill the process")
+""")
+
+
+def test_a_job_that_kills_the_runtime_uses_up_its_retries(registry: Path, tmp_path: Path) -> None:
+    # A python job on a worker thread takes the whole process down. Its start is marked
+    # before it runs (its attempt may not be committed yet), so every start counts: with
+    # max_retries=1 it runs twice, and the third start of the runtime fails it unrun.
+    code = DYING_CHILD.format(root=str(ROOT), registry=str(registry), store=str(tmp_path / "jobs"))
+
+    def child(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PY, "-c", code, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    first = child("submit")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    job = first.stdout.split()[0]
+    second = child("wait")  # recovers it, retries it: it kills the process again
+    assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+    third = child("status", job)
+    assert third.returncode == 0, third.stderr[-2000:]
+    status = json.loads(third.stdout)
+    assert status["status"] == "failed"
+    assert [(a["number"], a["status"], a["error"]) for a in status["attempts"]] == [
+        (1, "interrupted", INTERRUPTED_ERROR), (2, "interrupted", INTERRUPTED_ERROR)]
 
 
 def test_a_report_sent_while_the_scheduler_restarts_is_not_lost(

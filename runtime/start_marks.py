@@ -1,0 +1,132 @@
+"""Start marks: a worker notes each attempt it runs on its own thread just before it
+starts it, so that a job which kills the whole process still uses up an attempt.
+
+A ``python`` job on a worker thread can take the runtime down with it (a segfault in
+an extension, ``os._exit``, the OOM killer). The scheduler commits an attempt's start
+with its next group commit, which may come after the job has killed the process; were
+the start lost, the next run would start the job again as if it had never run, and a
+job that always kills the process would never use up its retries. The start mark
+closes that gap for the price of one ``pwrite`` of a fixed slot (a few microseconds,
+no fsync), instead of a commit before every start. Like the store's own commits
+(``synchronous=NORMAL``) it survives the process being killed, as the page cache keeps
+it; only an OS crash can lose it.
+
+At start-up, before anything runs, :func:`apply_marks` records in the store the
+attempts that marks say started and the store does not know of; the store's recovery
+then treats them as interrupted.
+
+Layout: ``<job store folder>/starts/<worker name>.start``, one line
+``<job id> <attempt> <unix time>``, overwritten in place by the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.errors import StoreError
+from runtime.store import JobState, JobStore
+
+__all__ = ["StartMark", "StartMarker", "apply_marks", "marks_folder", "read_marks"]
+
+logger = logging.getLogger(__name__)
+
+_SLOT = 96  # bytes: a 32-character id, an attempt number and a time fit well within
+
+
+def marks_folder(store_folder: Path) -> Path:
+    """Where the workers of a store in ``store_folder`` keep their start marks."""
+    return store_folder / "starts"
+
+
+@dataclass(frozen=True, slots=True)
+class StartMark:
+    """Attempt ``attempt`` of job ``job_id`` started at ``at`` (unix time)."""
+
+    job_id: str
+    attempt: int
+    at: float
+
+
+class StartMarker:
+    """One worker's slot: ``note`` overwrites it with the attempt about to start.
+
+    Args:
+        folder: the marks folder (see :func:`marks_folder`), created if missing.
+        worker: the worker's name, which names its file.
+
+    Raises:
+        StoreError: the folder or the file cannot be opened.
+    """
+
+    def __init__(self, folder: Path, worker: str) -> None:
+        self.path = folder / f"{worker}.start"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError(f"cannot open the start mark {self.path}: {e.strerror or e}") from None
+
+    def note(self, job_id: str, attempt: int) -> None:
+        """Mark the start; durable against the process being killed once this returns."""
+        if self._fd is None:
+            raise StoreError(f"start mark {self.path} is closed")
+        line = f"{job_id} {attempt} {time.time():.6f}\n".encode()
+        try:
+            os.pwrite(self._fd, line.ljust(_SLOT), 0)  # one fixed slot: never a torn second line
+        except OSError as e:
+            raise StoreError(f"cannot write the start mark {self.path}: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def read_marks(folder: Path) -> list[StartMark]:
+    """Every worker's last mark in ``folder`` (none if the folder does not exist). A
+    file that does not hold a mark (empty, damaged) is skipped with a warning."""
+    marks = []
+    for path in sorted(folder.glob("*.start")):
+        try:
+            text = path.read_bytes()[:_SLOT].decode("ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            logger.warning("start mark %s unreadable, skipped: %s", path, e)
+            continue
+        if not text:
+            continue
+        try:
+            job_id, attempt, at = text.split()
+            marks.append(StartMark(job_id, int(attempt), float(at)))
+        except ValueError:
+            logger.warning("start mark %s holds no mark, skipped: %r", path, text[:_SLOT])
+    return marks
+
+
+def apply_marks(store: JobStore, marks: list[StartMark]) -> list[str]:
+    """Record in ``store`` the attempts that ``marks`` say started and it does not know of:
+    each such job gets that attempt, open, and the ``running`` state, for the store's
+    recovery to close as interrupted. Marks of finished jobs, of unknown ones, and of
+    attempts the store already has change nothing (so applying them twice is harmless).
+
+    Returns:
+        the ids of the jobs changed.
+    """
+    changed = []
+    for mark in marks:
+        record = store.get(mark.job_id)
+        if record is None or record.state.finished or len(record.attempts) != mark.attempt - 1:
+            continue
+        record.attempts.append({"number": mark.attempt, "started_at": mark.at, "finished_at": None,
+                                "error": None, "status": "running"})
+        record.state = JobState.RUNNING
+        record.updated_at = mark.at
+        changed.append(record)
+    if changed:
+        store.update_many(changed)
+        logger.info("start marks: %d attempt(s) that started before the process ended were not "
+                    "stored yet; they count as interrupted", len(changed))
+    return [record.id for record in changed]

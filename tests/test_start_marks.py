@@ -1,0 +1,82 @@
+"""Start marks: what a worker notes before an in-process attempt, and how a start-up
+records the attempts that the store had not stored yet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.errors import StoreError
+from runtime.start_marks import StartMark, StartMarker, apply_marks, marks_folder, read_marks
+from runtime.store import INTERRUPTED_ERROR, JobRecord, JobState, SqliteStore, recover
+
+
+def test_a_worker_slot_holds_its_last_start_only(tmp_path: Path) -> None:
+    folder = marks_folder(tmp_path)
+    marker = StartMarker(folder, "worker-0")
+    other = StartMarker(folder, "worker-1")
+    try:
+        marker.note("a" * 32, 1)
+        marker.note("b" * 32, 12)  # overwrites in place: one slot per worker
+        other.note("c" * 32, 3)
+        marks = read_marks(folder)
+    finally:
+        marker.close()
+        other.close()
+        marker.close()  # idempotent
+    assert [(m.job_id, m.attempt) for m in marks] == [("b" * 32, 12), ("c" * 32, 3)]
+    assert all(m.at > 0 for m in marks)
+    with pytest.raises(StoreError, match="closed"):
+        marker.note("d" * 32, 1)
+
+
+def test_missing_empty_and_damaged_marks_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = marks_folder(tmp_path)
+    assert read_marks(folder) == []
+    folder.mkdir()
+    (folder / "worker-0.start").write_bytes(b"")
+    (folder / "worker-1.start").write_bytes(b"not a mark\n")
+    (folder / "worker-2.start").write_bytes(b"\xff\xfe")
+    (folder / "worker-3.start").write_bytes(b"abc 2 1700000000.5\n" + b" " * 50)
+    assert read_marks(folder) == [StartMark("abc", 2, 1700000000.5)]
+    assert "worker-1.start holds no mark" in caplog.text and "worker-2.start unreadable" in caplog.text
+
+
+def test_a_folder_that_cannot_hold_marks_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match=r"cannot open the start mark .*worker-0\.start"):
+        StartMarker(blocker / "starts", "worker-0")
+
+
+def test_marks_add_the_attempts_the_store_missed_and_recovery_interrupts_them(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs")
+    try:
+        queued = JobRecord.new("s")                  # started, never stored as running
+        retrying = JobRecord.new("s")                # attempt 2 started after a stored failure
+        retrying.attempts.append({"number": 1, "started_at": 1.0, "finished_at": 2.0, "error": "boom",
+                                  "status": "failed"})
+        retrying.state = JobState.RETRYING
+        known = JobRecord.new("s")                   # the store has the attempt already
+        known.attempts.append({"number": 1, "started_at": 1.0, "finished_at": None, "error": None,
+                               "status": "running"})
+        known.state = JobState.RUNNING
+        done = JobRecord.new("s")                    # finished: its old mark means nothing
+        done.attempts.append({"number": 1, "started_at": 1.0, "finished_at": 2.0, "error": None,
+                              "status": "succeeded"})
+        done.state = JobState.SUCCEEDED
+        store.add_many([queued, retrying, known, done])
+        marks = [StartMark(queued.id, 1, 5.0), StartMark(retrying.id, 2, 6.0), StartMark(known.id, 1, 7.0),
+                 StartMark(done.id, 1, 8.0), StartMark("f" * 32, 1, 9.0)]
+        assert apply_marks(store, marks) == [queued.id, retrying.id]
+        assert apply_marks(store, marks) == []  # applied twice: nothing more
+        recover(store)
+        got = {r.id: r for r in (store.get(j) for j in (queued.id, retrying.id, known.id, done.id)) if r}
+    finally:
+        store.close()
+    assert [(a["number"], a["status"], a["error"], a["started_at"]) for a in got[queued.id].attempts] == [
+        (1, "interrupted", INTERRUPTED_ERROR, 5.0)]
+    assert [a["status"] for a in got[retrying.id].attempts] == ["failed", "interrupted"]
+    assert got[queued.id].state is got[retrying.id].state is got[known.id].state is JobState.RETRYING
+    assert len(got[known.id].attempts) == 1 and got[done.id].state is JobState.SUCCEEDED
