@@ -128,8 +128,9 @@ class SchedulerActor(SupervisedActor):
         if memory.store is None:
             memory.store = (self._store_factory() if self._store_factory
                             else SqliteStore(Path(settings.job_storage_path or ".jobs")))
-            if self._marks is not None:  # the process's first start: attempts it may not have stored
-                apply_marks(memory.store, read_marks(self._marks))
+        if self._marks is not None and not memory.marks_applied:  # attempts the last process did not store
+            apply_marks(memory.store, read_marks(self._marks))
+            memory.marks_applied = True
         core = self.core = SchedulerCore(memory.store, time.time, settings.max_retries)
         core.completed, core.failed, core.cancelled = memory.counts
         core.retired = set(memory.retired)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from runtime.command_executor import CommandExecution
+from runtime.errors import StoreError
 from runtime.executors import ExecutionResult, run_python
 from runtime.http_executor import HttpExecution
 from runtime.messages import JobFinished, JobProgress, PoolFigures, ReportReady, RunJob, WorkerReady
@@ -103,7 +104,10 @@ class WorkerActor(SupervisedActor):
         script = job.script
         if script.kind == "python" and script.options.get("isolation", "thread") == "thread":
             if self._marker is not None:  # it could take the process down: mark its start first
-                self._marker.note(job.job_id, job.attempt)
+                try:
+                    self._marker.note(job.job_id, job.attempt)
+                except StoreError as e:  # a full disk must not stop jobs: run it, unmarked
+                    logger.error("job %s runs without its start mark: %s", job.job_id, e)
             return run_python(script, job.arguments, progress)  # cancelled by its own checks only
         try:
             execution = self._execution(script, job.arguments, progress)

@@ -98,6 +98,8 @@ class SchedulerMemory:
     exec_stats: ExecutionStats = field(default_factory=ExecutionStats)
     counts: tuple[int, int, int] = (0, 0, 0)  # completed, failed, cancelled
     retired: set[str] = field(default_factory=set)
+    #: The start marks were recorded in the store (once per process, retried until it works).
+    marks_applied: bool = False
 
     def close(self) -> None:
         """Close the store (idempotent); the runtime calls it once its actors are gone."""

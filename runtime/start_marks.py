@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import StoreError
-from runtime.store import JobState, JobStore
+from runtime.store import INTERRUPTED_ERROR, JobState, JobStore
 
 __all__ = ["StartMark", "StartMarker", "apply_marks", "marks_folder", "read_marks"]
 
@@ -109,17 +109,30 @@ def read_marks(folder: Path) -> list[StartMark]:
 def apply_marks(store: JobStore, marks: list[StartMark]) -> list[str]:
     """Record in ``store`` the attempts that ``marks`` say started and it does not know of:
     each such job gets that attempt, open, and the ``running`` state, for the store's
-    recovery to close as interrupted. Marks of finished jobs, of unknown ones, and of
-    attempts the store already has change nothing (so applying them twice is harmless).
+    recovery to close as interrupted. The store may be more than one attempt behind
+    (an attempt that failed and its retry, neither committed yet): the attempts in
+    between, and any earlier one still open, are closed as interrupted too, so every
+    start counts. Marks of finished jobs, of unknown ones, and of attempts the store
+    already has change nothing (so applying them twice is harmless).
 
     Returns:
         the ids of the jobs changed.
     """
+    latest: dict[str, StartMark] = {}
+    for mark in marks:  # several slots may name one job: its highest attempt says the most
+        if mark.job_id not in latest or mark.attempt > latest[mark.job_id].attempt:
+            latest[mark.job_id] = mark
     changed = []
-    for mark in marks:
+    for mark in latest.values():
         record = store.get(mark.job_id)
-        if record is None or record.state.finished or len(record.attempts) != mark.attempt - 1:
+        if record is None or record.state.finished or len(record.attempts) >= mark.attempt:
             continue
+        for earlier in record.attempts:  # a later attempt started: these ended, their end unstored
+            if earlier.get("finished_at") is None:
+                earlier.update(finished_at=mark.at, error=INTERRUPTED_ERROR, status="interrupted")
+        for number in range(len(record.attempts) + 1, mark.attempt):  # started and ended, unstored
+            record.attempts.append({"number": number, "started_at": None, "finished_at": mark.at,
+                                    "error": INTERRUPTED_ERROR, "status": "interrupted"})
         record.attempts.append({"number": mark.attempt, "started_at": mark.at, "finished_at": None,
                                 "error": None, "status": "running"})
         record.state = JobState.RUNNING

@@ -3,7 +3,9 @@ validation, crashes of workers and of the whole process, drain, hung workers."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import signal
 import subprocess
@@ -21,8 +23,8 @@ import pytest
 from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
 from runtime.errors import ConfigError, InvalidArguments, JobNotFound, ScriptNotFound, StoreError
-from runtime.start_marks import apply_marks, marks_folder, read_marks
-from runtime.store import INTERRUPTED_ERROR, MemoryStore, SqliteStore
+from runtime.start_marks import StartMarker, marks_folder
+from runtime.store import INTERRUPTED_ERROR, JobRecord, MemoryStore, SqliteStore
 from runtime.testing import inject_fault, replaced, wait_until, write_registry
 from tests import jobs_helpers as helpers
 
@@ -384,7 +386,6 @@ def test_jobs_survive_sigkill_of_the_runtime_process(start_runtime: Callable[...
     assert len(jobs) == 300 and len(set(jobs)) == 300
     store = SqliteStore(store_dir)
     try:
-        apply_marks(store, read_marks(marks_folder(store_dir)))  # as the next start does first
         counts = store.counts()
         assert counts["running"] >= 1 and counts["queued"] + counts["running"] == 300, counts
         was_running = {j for j in jobs if store.get(j).state.value == "running"}  # type: ignore[union-attr]
@@ -733,8 +734,10 @@ def test_the_worker_pool_grows_and_shrinks_without_a_restart(
 DYING_CHILD = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})
+    import actors.scheduler
     from runtime import Runtime
     from runtime.testing import wait_until
+    actors.scheduler.COMMIT_WINDOW = 60.0  # no start is committed before the job kills the process
     rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=1, retry_backoff_min=0.01,
                        retry_backoff_max=0.01, watcher="polling", poll_interval=10**6)
     if sys.argv[1] == "submit":  # "die" waits behind "record": it starts after a report, not a submit
@@ -767,6 +770,54 @@ def test_a_job_that_kills_the_runtime_uses_up_its_retries(registry: Path, tmp_pa
     assert status["status"] == "failed"
     assert [(a["number"], a["status"], a["error"]) for a in status["attempts"]] == [
         (1, "interrupted", INTERRUPTED_ERROR), (2, "interrupted", INTERRUPTED_ERROR)]
+
+
+def test_start_marks_are_applied_by_a_scheduler_restarted_after_it_failed_to(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import actors.scheduler
+
+    folder = tmp_path / "jobs"
+    store = SqliteStore(folder)
+    job = JobRecord.new("block", {"name": "never"})  # its attempt 1 started, then the process died
+    store.add(job)
+    store.close()
+    marker = StartMarker(marks_folder(folder), "worker-0")
+    marker.note(job.id, 1)
+    marker.close()
+    real, calls = actors.scheduler.apply_marks, []
+
+    def failing_once(*args: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise StoreError("disk I/O error")
+        return real(*args)
+
+    monkeypatch.setattr(actors.scheduler, "apply_marks", failing_once)
+    rt = start_runtime(registry, job_storage_path=folder, job_concurrency=1, backoff_min=0.01, backoff_max=0.01,
+                       retry_backoff_min=0.01, retry_backoff_max=0.01, **quiet())
+    wait_until(lambda: rt.status(job.id)["status"] == "running", message="the job was not taken back")
+    assert len(calls) == 2
+    assert [a["status"] for a in rt.status(job.id)["attempts"]] == ["interrupted", "running"]
+    helpers.release("never")
+    assert rt.wait_job(job.id, 10)["status"] == "succeeded"
+
+
+def test_a_start_mark_that_cannot_be_written_does_not_stop_jobs(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    import runtime.start_marks
+
+    def disk_full(*args: Any) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(runtime.start_marks.os, "pwrite", disk_full)
+    rt = start_runtime(registry, job_storage_path=tmp_path / "jobs", job_concurrency=1, **quiet())
+    final = rt.run("record", {"token": "unmarked"}, timeout=10)
+    assert final["status"] == "succeeded" and len(final["attempts"]) == 1
+    assert helpers.CALLS == ["unmarked"]
+    assert "runs without its start mark" in caplog.text and "No space left" in caplog.text
 
 
 def test_a_report_sent_while_the_scheduler_restarts_is_not_lost(

@@ -80,3 +80,25 @@ def test_marks_add_the_attempts_the_store_missed_and_recovery_interrupts_them(tm
     assert [a["status"] for a in got[retrying.id].attempts] == ["failed", "interrupted"]
     assert got[queued.id].state is got[retrying.id].state is got[known.id].state is JobState.RETRYING
     assert len(got[known.id].attempts) == 1 and got[done.id].state is JobState.SUCCEEDED
+
+
+def test_a_store_several_attempts_behind_counts_every_start(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "jobs")
+    try:
+        behind = JobRecord.new("s")  # attempt 1 failed and 2 started: neither was committed
+        open_one = JobRecord.new("s")  # attempt 1's start was committed, its end and attempt 2 were not
+        open_one.attempts.append({"number": 1, "started_at": 1.0, "finished_at": None, "error": None,
+                                  "status": "running"})
+        open_one.state = JobState.RUNNING
+        store.add_many([behind, open_one])
+        # Two slots name one job (its attempts ran on two workers): the highest attempt counts.
+        marks = [StartMark(behind.id, 1, 5.0), StartMark(behind.id, 2, 6.0), StartMark(open_one.id, 2, 7.0)]
+        assert sorted(apply_marks(store, marks)) == sorted([behind.id, open_one.id])
+        recover(store)
+        got = {j: store.get(j) for j in (behind.id, open_one.id)}
+    finally:
+        store.close()
+    for record in got.values():
+        assert record is not None
+        assert [(a["number"], a["status"]) for a in record.attempts] == [(1, "interrupted"), (2, "interrupted")]
+        assert all(a["finished_at"] is not None for a in record.attempts)
