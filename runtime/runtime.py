@@ -27,7 +27,7 @@ from runtime.registry_cache import CacheMemory, CacheView
 from runtime.scheduling import SchedulerMemory
 from runtime.start_marks import marks_folder
 from runtime.stats import StatsAccumulator
-from runtime.store import JobStore
+from runtime.store import JobStore, claim_folder
 from runtime.supervision import Backoff, ChildSpec, RestartPolicy
 
 from actors.base import ActorContext, Directory
@@ -72,6 +72,7 @@ class Runtime:
         # Start marks go with the SQLite store in job_storage_path (see runtime/start_marks.py).
         self._marks = None if store_factory else marks_folder(Path(self.settings.job_storage_path or ".jobs"))
         self._retry_rng = retry_rng
+        self._folder_lock: int | None = None  # the default store's folder, held while running
         self.callbacks = CallbackRunner()
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -113,6 +114,7 @@ class Runtime:
             ConfigError: an invalid setting.
             RegistryError: the registry is invalid (nothing is started).
             SupervisorEscalated: an actor kept failing during start-up.
+            StoreError: another runtime uses the same ``job_storage_path`` (or it cannot be opened).
         """
         resolved = load_settings(env, registry_path=registry_path, **settings)
         resolved = _absolute_registry(resolved)
@@ -122,6 +124,15 @@ class Runtime:
         return runtime
 
     def _start(self) -> None:
+        if self._store_factory is None:  # one runtime per store folder: say so now, not by running jobs twice
+            self._folder_lock = claim_folder(Path(self.settings.job_storage_path or ".jobs"))
+        try:
+            self._start_tree()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_tree(self) -> None:
         if self.settings.database_url and "default" not in self.pools.names():
             # minconn=0: a database that is down at start-up fails the sql jobs (which
             # retry), not the runtime.
@@ -206,6 +217,9 @@ class Runtime:
             for name in self.directory.names():
                 self.directory.set(name, None)
             self._scheduler_memory.close()  # a scheduler that failed for good left it open
+            if self._folder_lock is not None:
+                os.close(self._folder_lock)
+                self._folder_lock = None
             if self._owns_pools:
                 self.pools.close()
             if self._owns_clock:

@@ -11,8 +11,10 @@ mutating a record after ``add`` changes nothing until ``update``).
 from __future__ import annotations
 
 import enum
+import fcntl
 import functools
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -31,6 +33,7 @@ __all__ = [
     "JobStore",
     "MemoryStore",
     "SqliteStore",
+    "claim_folder",
     "recover",
 ]
 
@@ -469,6 +472,35 @@ def _upsert(rows: int) -> str:
             "ON CONFLICT(id) DO UPDATE SET state = excluded.state, priority = excluded.priority, "
             "seq = excluded.seq, data = excluded.data, updated_at = excluded.updated_at")
 _UPDATE = "UPDATE jobs SET state = ?, priority = ?, seq = ?, data = ?, updated_at = ? WHERE id = ?"
+
+
+def claim_folder(folder: Path) -> int:
+    """Take the store folder for one runtime: an exclusive ``flock`` on ``<folder>/runtime.lock``,
+    held until the returned descriptor is closed (the kernel lets go of it when the
+    process dies, even killed). Two runtimes on one store would both run its jobs.
+
+    Raises:
+        StoreError: another runtime (in this process or another) holds the folder, or it
+            cannot be opened.
+    """
+    path = folder / "runtime.lock"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot open the job store lock {path}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise StoreError(
+            f"job store {folder} is in use by another runtime{f' (pid {holder})' if holder else ''}: "
+            "two runtimes on one store would both run its jobs; give each its own JOB_STORAGE_PATH"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def recover(store: JobStore, live: Mapping[str, int] | None = None) -> list[JobRecord]:

@@ -803,6 +803,20 @@ def test_start_marks_are_applied_by_a_scheduler_restarted_after_it_failed_to(
     assert rt.wait_job(job.id, 10)["status"] == "succeeded"
 
 
+def test_a_second_runtime_on_the_same_store_is_refused_clearly(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "jobs"
+    first = start_runtime(registry, job_storage_path=folder, **quiet())
+    job = first.submit("record", {"token": "one"})
+    with pytest.raises(StoreError, match=rf"job store {folder} is in use by another runtime \(pid {os.getpid()}\)"):
+        Runtime.start(registry, job_storage_path=folder, **quiet())
+    assert first.wait_job(job, 10)["status"] == "succeeded"  # the first one is unharmed
+    first.stop()
+    second = start_runtime(registry, job_storage_path=folder, **quiet())  # free again once stopped
+    assert second.status(job)["status"] == "succeeded"
+
+
 def test_a_start_mark_that_cannot_be_written_does_not_stop_jobs(
     start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture
@@ -812,8 +826,8 @@ def test_a_start_mark_that_cannot_be_written_does_not_stop_jobs(
     def disk_full(*args: Any) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(runtime.start_marks.os, "pwrite", disk_full)
     rt = start_runtime(registry, job_storage_path=tmp_path / "jobs", job_concurrency=1, **quiet())
+    monkeypatch.setattr(runtime.start_marks.os, "pwrite", disk_full)  # once started: the store's lock uses it
     final = rt.run("record", {"token": "unmarked"}, timeout=10)
     assert final["status"] == "succeeded" and len(final["attempts"]) == 1
     assert helpers.CALLS == ["unmarked"]
