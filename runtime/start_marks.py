@@ -6,10 +6,14 @@ an extension, ``os._exit``, the OOM killer). The scheduler commits an attempt's 
 with its next group commit, which may come after the job has killed the process; were
 the start lost, the next run would start the job again as if it had never run, and a
 job that always kills the process would never use up its retries. The start mark
-closes that gap for the price of one ``pwrite`` of a fixed slot (a few microseconds,
-no fsync), instead of a commit before every start. Like the store's own commits
+closes that gap for the price of a copy of 96 bytes into a shared memory map of the
+slot file (under a microsecond, no system call, so the worker keeps the GIL: a
+``pwrite`` lets go of it and cost 13 µs of CPU and 27 µs in all per job under load),
+instead of a commit before every start. Like the store's own commits
 (``synchronous=NORMAL``) it survives the process being killed, as the page cache keeps
-it; only an OS crash can lose it.
+it; only an OS crash can lose it. (A kill in the middle of the copy could leave a line
+mixing two marks; such a line names no known job, or counts one start too many for a
+job that was about to start.)
 
 At start-up, before anything runs, :func:`apply_marks` records in the store the
 attempts that marks say started and the store does not know of; the store's recovery
@@ -22,6 +26,7 @@ Layout: ``<job store folder>/starts/<worker name>.start``, one line
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import time
 from dataclasses import dataclass
@@ -64,26 +69,34 @@ class StartMarker:
 
     def __init__(self, folder: Path, worker: str) -> None:
         self.path = folder / f"{worker}.start"
+        fd = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if os.fstat(fd).st_size < _SLOT:
+                # Written, not just extended: a page of a sparse file would be allocated at
+                # the first store into the map, and a full disk would then kill the process.
+                os.pwrite(fd, b" " * _SLOT, 0)
+            self._map: mmap.mmap | None = mmap.mmap(fd, _SLOT)  # shared: the file's own pages
         except OSError as e:
             raise StoreError(f"cannot open the start mark {self.path}: {e.strerror or e}") from None
+        finally:
+            if fd is not None:
+                os.close(fd)  # the map keeps the file
 
     def note(self, job_id: str, attempt: int) -> None:
         """Mark the start; durable against the process being killed once this returns."""
-        if self._fd is None:
+        if self._map is None:
             raise StoreError(f"start mark {self.path} is closed")
         line = f"{job_id} {attempt} {time.time():.6f}\n".encode()
-        try:
-            os.pwrite(self._fd, line.ljust(_SLOT), 0)  # one fixed slot: never a torn second line
-        except OSError as e:
-            raise StoreError(f"cannot write the start mark {self.path}: {e.strerror or e}") from None
+        if len(line) > _SLOT:
+            raise StoreError(f"start mark {self.path}: job id {job_id[:40]!r}... is too long for its slot")
+        self._map[:] = line.ljust(_SLOT)
 
     def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            mapped.close()
 
 
 def read_marks(folder: Path) -> list[StartMark]:

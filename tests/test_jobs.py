@@ -3,7 +3,6 @@ validation, crashes of workers and of the whole process, drain, hung workers."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -817,17 +816,15 @@ def test_a_second_runtime_on_the_same_store_is_refused_clearly(
     assert second.status(job)["status"] == "succeeded"
 
 
-def test_a_start_mark_that_cannot_be_written_does_not_stop_jobs(
+def test_a_start_mark_that_cannot_be_made_does_not_stop_jobs(
     start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture
 ) -> None:
-    import runtime.start_marks
+    def broken(self: StartMarker, job_id: str, attempt: int) -> None:
+        raise StoreError(f"cannot write the start mark {self.path}: No space left on device")
 
-    def disk_full(*args: Any) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
+    monkeypatch.setattr(StartMarker, "note", broken)
     rt = start_runtime(registry, job_storage_path=tmp_path / "jobs", job_concurrency=1, **quiet())
-    monkeypatch.setattr(runtime.start_marks.os, "pwrite", disk_full)  # once started: the store's lock uses it
     final = rt.run("record", {"token": "unmarked"}, timeout=10)
     assert final["status"] == "succeeded" and len(final["attempts"]) == 1
     assert helpers.CALLS == ["unmarked"]

@@ -102,3 +102,14 @@ def test_a_store_several_attempts_behind_counts_every_start(tmp_path: Path) -> N
         assert record is not None
         assert [(a["number"], a["status"]) for a in record.attempts] == [(1, "interrupted"), (2, "interrupted")]
         assert all(a["finished_at"] is not None for a in record.attempts)
+
+
+def test_an_id_too_long_for_the_slot_is_refused(tmp_path: Path) -> None:
+    marker = StartMarker(marks_folder(tmp_path), "worker-0")
+    try:
+        marker.note("a" * 32, 1)
+        with pytest.raises(StoreError, match="too long for its slot"):
+            marker.note("x" * 200, 1)
+    finally:
+        marker.close()
+    assert [(m.job_id, m.attempt) for m in read_marks(marks_folder(tmp_path))] == [("a" * 32, 1)]
