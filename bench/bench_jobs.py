@@ -185,17 +185,26 @@ def overhead(registry: Path, n: int, sequential: int, workers: int = 4) -> dict[
 
 
 def _sequential(rt: Runtime, pool: ThreadPoolExecutor, n: int) -> dict[str, Any]:
-    """One job at a time (submit, wait, next), runtime and thread pool taking turns."""
+    """One job at a time (submit, wait, next), runtime and thread pool taking turns; the
+    runtime both ways: ``wait_job(submit(...))`` (two asks) and ``submit(..., on_done=)``."""
     noop.STARTS.clear()
-    rt_done, rt_start, pool_done, pool_start = [], [], [], []
+    rt_done, rt_start, pool_done, pool_start, on_done = [], [], [], [], []
     for i in range(n):
-        key = 2 * i
+        key = 3 * i
         start = clock()
         status = rt.wait_job(rt.submit("stamp", {"i": key}), 30)
         rt_done.append(clock() - start)
         rt_start.append(noop.STARTS[key] - start)
         if status["status"] != "succeeded":
             raise RuntimeError(f"sequential job failed: {status}")
+        key += 1
+        done = Countdown(1, _succeeded)  # submit(on_done=): one round trip, not two
+        start = clock()
+        rt.submit("stamp", {"i": key}, on_done=done)
+        done.wait(30, "sequential on_done job")
+        on_done.append(done.finished_at - start)
+        if done.failed:
+            raise RuntimeError("sequential on_done job failed")
         key += 1
         start = clock()
         pool.submit(noop.stamp, key).result(30)
@@ -204,6 +213,7 @@ def _sequential(rt: Runtime, pool: ThreadPoolExecutor, n: int) -> dict[str, Any]
     return {
         "jobs": n,
         "runtime_submit_to_done": summary(rt_done),
+        "runtime_submit_on_done_to_done": summary(on_done),
         "runtime_submit_to_start": summary(rt_start),
         "thread_pool_submit_to_done": summary(pool_done),
         "thread_pool_submit_to_start": summary(pool_start),

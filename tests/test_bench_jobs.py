@@ -31,6 +31,7 @@ def test_jobs_bench_quick_mode_runs() -> None:
     assert overhead["runtime"]["failed"] == 0
     assert overhead["runtime"]["jobs_per_s"] > 0
     assert "p50_us" in overhead["sequential"]["runtime_submit_to_done"]
+    assert "p50_us" in overhead["sequential"]["runtime_submit_on_done_to_done"]
 
     processes = figures["processes"]
     assert {"runtime", "thread_pool_subprocess_run"} <= set(processes["wall_s"])
