@@ -57,7 +57,10 @@ class WorkerActor(SupervisedActor):
 
     def setup(self) -> None:
         if self._marks is not None:
-            self._marker = StartMarker(self._marks, self.name)
+            try:
+                self._marker = StartMarker(self._marks, self.name)
+            except StoreError as e:  # a full or read-only disk must not stop the jobs: run them unmarked
+                logger.error("worker %s runs its jobs without start marks: %s", self.name, e)
         self._ready()
 
     def teardown(self) -> None:
@@ -106,7 +109,7 @@ class WorkerActor(SupervisedActor):
             if self._marker is not None:  # it could take the process down: mark its start first
                 try:
                     self._marker.note(job.job_id, job.attempt)
-                except StoreError as e:  # a full disk must not stop jobs: run it, unmarked
+                except StoreError as e:  # defensive (a closed marker, an odd id): run it, unmarked
                     logger.error("job %s runs without its start mark: %s", job.job_id, e)
             return run_python(script, job.arguments, progress)  # cancelled by its own checks only
         try:

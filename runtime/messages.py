@@ -161,7 +161,7 @@ class RunJob:
     attempt: int
     script: Any
     arguments: dict[str, Any]
-    cancel: CancelSlot = field(default_factory=CancelSlot)
+    cancel: CancelSlot
 
 
 @dataclass(frozen=True, slots=True)

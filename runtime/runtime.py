@@ -124,12 +124,12 @@ class Runtime:
         return runtime
 
     def _start(self) -> None:
-        if self._store_factory is None:  # one runtime per store folder: say so now, not by running jobs twice
-            self._folder_lock = claim_folder(Path(self.settings.job_storage_path or ".jobs"))
         try:
+            if self._store_factory is None:  # one runtime per store folder: say so now, not by running jobs twice
+                self._folder_lock = claim_folder(Path(self.settings.job_storage_path or ".jobs"))
             self._start_tree()
         except BaseException:
-            self.stop()
+            self.stop()  # the threads made so far, and the folder
             raise
 
     def _start_tree(self) -> None:
@@ -231,8 +231,8 @@ class Runtime:
         logger.info("runtime stopped")
 
     def _drain(self, seconds: float) -> None:
-        if self._stopped.is_set() or self._escalation is not None:
-            return
+        if self._stopped.is_set() or self._escalation is not None or self._supervisor is None:
+            return  # stopped, failing, or never started: nothing to drain
         try:
             scheduler = self.proxy("scheduler")
             if scheduler.drain().get(timeout=self.settings.ask_timeout) == 0 or seconds <= 0:

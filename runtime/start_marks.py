@@ -11,16 +11,20 @@ slot file (under a microsecond, no system call, so the worker keeps the GIL: a
 ``pwrite`` lets go of it and cost 13 µs of CPU and 27 µs in all per job under load),
 instead of a commit before every start. Like the store's own commits
 (``synchronous=NORMAL``) it survives the process being killed, as the page cache keeps
-it; only an OS crash can lose it. (A kill in the middle of the copy could leave a line
-mixing two marks; such a line names no known job, or counts one start too many for a
-job that was about to start.)
+it; only an OS crash can lose it.
+
+On a copy-on-write filesystem (btrfs, ZFS, bcachefs) a store into a mapped page can
+need new disk space, and a full disk would turn it into a SIGBUS that kills the
+process: there the marker writes with ``pwrite`` instead. Each line carries a CRC, so a
+line torn by a kill in the middle of a copy (half one mark, half the last) is skipped.
 
 At start-up, before anything runs, :func:`apply_marks` records in the store the
 attempts that marks say started and the store does not know of; the store's recovery
 then treats them as interrupted.
 
 Layout: ``<job store folder>/starts/<worker name>.start``, one line
-``<job id> <attempt> <unix time>``, overwritten in place by the next start.
+``<job id> <attempt> <unix time> <crc32 of the rest, hex>``, overwritten in place by the
+next start.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import logging
 import mmap
 import os
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +44,9 @@ __all__ = ["StartMark", "StartMarker", "apply_marks", "marks_folder", "read_mark
 
 logger = logging.getLogger(__name__)
 
-_SLOT = 96  # bytes: a 32-character id, an attempt number and a time fit well within
+_SLOT = 96  # bytes: a 32-character id, an attempt number, a time and a CRC fit well within
+#: Filesystems where writing a mapped page may allocate disk space (see the module's text).
+_COPY_ON_WRITE = frozenset({"btrfs", "zfs", "bcachefs"})
 
 
 def marks_folder(store_folder: Path) -> Path:
@@ -56,52 +63,94 @@ class StartMark:
     at: float
 
 
+def _line(job_id: str, attempt: int, at: float) -> bytes:
+    body = f"{job_id} {attempt} {at:.6f}"
+    return f"{body} {zlib.crc32(body.encode()):08x}\n".encode()
+
+
+def filesystem_of(path: Path, mounts: str | None = None) -> str:
+    """The type of the filesystem ``path`` is on ('' when unknown), from ``/proc/self/mounts``
+    (or the ``mounts`` text given)."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return ""
+    target = str(path.resolve())
+    best, kind = -1, ""
+    for entry in mounts.splitlines():
+        fields = entry.split()
+        if len(fields) < 3:
+            continue
+        mount = fields[1].replace("\\040", " ")
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) > best:
+            best, kind = len(mount), fields[2]
+    return kind
+
+
 class StartMarker:
     """One worker's slot: ``note`` overwrites it with the attempt about to start.
 
     Args:
         folder: the marks folder (see :func:`marks_folder`), created if missing.
         worker: the worker's name, which names its file.
+        memory_map: store into a memory map of the file (the default, except on a
+            copy-on-write filesystem) rather than ``pwrite`` it.
 
     Raises:
         StoreError: the folder or the file cannot be opened.
     """
 
-    def __init__(self, folder: Path, worker: str) -> None:
+    def __init__(self, folder: Path, worker: str, memory_map: bool | None = None) -> None:
         self.path = folder / f"{worker}.start"
-        fd = None
+        self._fd: int | None = None
+        self._map: mmap.mmap | None = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            if os.fstat(fd).st_size < _SLOT:
+            if memory_map is None:
+                memory_map = filesystem_of(folder) not in _COPY_ON_WRITE
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            if os.fstat(self._fd).st_size < _SLOT:
                 # Written, not just extended: a page of a sparse file would be allocated at
                 # the first store into the map, and a full disk would then kill the process.
-                os.pwrite(fd, b" " * _SLOT, 0)
-            self._map: mmap.mmap | None = mmap.mmap(fd, _SLOT)  # shared: the file's own pages
+                os.pwrite(self._fd, b" " * _SLOT, 0)
+            if memory_map:
+                self._map = mmap.mmap(self._fd, _SLOT)  # shared: the file's own pages
+                os.close(self._fd)  # the map keeps the file
+                self._fd = None
         except OSError as e:
+            self.close()
             raise StoreError(f"cannot open the start mark {self.path}: {e.strerror or e}") from None
-        finally:
-            if fd is not None:
-                os.close(fd)  # the map keeps the file
 
     def note(self, job_id: str, attempt: int) -> None:
         """Mark the start; durable against the process being killed once this returns."""
-        if self._map is None:
-            raise StoreError(f"start mark {self.path} is closed")
-        line = f"{job_id} {attempt} {time.time():.6f}\n".encode()
+        line = _line(job_id, attempt, time.time())
         if len(line) > _SLOT:
             raise StoreError(f"start mark {self.path}: job id {job_id[:40]!r}... is too long for its slot")
-        self._map[:] = line.ljust(_SLOT)
+        data = line.ljust(_SLOT)
+        if self._map is not None:
+            self._map[:] = data
+        elif self._fd is not None:
+            try:
+                os.pwrite(self._fd, data, 0)
+            except OSError as e:
+                raise StoreError(f"cannot write the start mark {self.path}: {e.strerror or e}") from None
+        else:
+            raise StoreError(f"start mark {self.path} is closed")
 
     def close(self) -> None:
         mapped, self._map = self._map, None
         if mapped is not None:
             mapped.close()
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
 
 def read_marks(folder: Path) -> list[StartMark]:
     """Every worker's last mark in ``folder`` (none if the folder does not exist). A
-    file that does not hold a mark (empty, damaged) is skipped with a warning."""
+    file that does not hold a whole mark (empty, damaged, torn) is skipped with a warning."""
     marks = []
     for path in sorted(folder.glob("*.start")):
         try:
@@ -112,10 +161,12 @@ def read_marks(folder: Path) -> list[StartMark]:
         if not text:
             continue
         try:
-            job_id, attempt, at = text.split()
+            job_id, attempt, at, crc = text.split()
+            if int(crc, 16) != zlib.crc32(f"{job_id} {attempt} {at}".encode()):
+                raise ValueError("CRC mismatch")
             marks.append(StartMark(job_id, int(attempt), float(at)))
         except ValueError:
-            logger.warning("start mark %s holds no mark, skipped: %r", path, text[:_SLOT])
+            logger.warning("start mark %s holds no whole mark, skipped: %r", path, text[:_SLOT])
     return marks
 
 

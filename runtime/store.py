@@ -498,8 +498,11 @@ def claim_folder(folder: Path) -> int:
             f"job store {folder} is in use by another runtime{f' (pid {holder})' if holder else ''}: "
             "two runtimes on one store would both run its jobs; give each its own JOB_STORAGE_PATH"
         ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:  # the pid only helps the refusal message of another runtime: the lock is what counts
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
     return fd
 
 

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 #: Tokens of the calls that ran, in order.
@@ -111,6 +112,17 @@ def report(token: str, progress: Any) -> str:
     progress(1.0, f"{token} done")
     CALLS.append(token)
     return token
+
+
+def stored_running(store: str) -> list[str]:
+    """The scripts of the jobs the store file says are running, read while this job runs."""
+    from runtime.store import JobState, SqliteStore
+
+    reader = SqliteStore(Path(store))
+    try:
+        return [r.script_id for r in reader.unfinished() if r.state is JobState.RUNNING]
+    finally:
+        reader.close()
 
 
 def die() -> None:

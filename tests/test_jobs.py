@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,6 +66,7 @@ SCRIPTS = [
     py("block_then_report", "block_then_report", {"name": STR}),
     py("maybe_block", "maybe_block", {"n": {"type": "integer", "required": True}}),
     py("die", "die", max_retries=1),
+    py("stored_running", "stored_running", {"store": STR}),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
     {"id": "sleeper", "command": [PY, "-c", REPORT_PID_AND_SLEEP], "timeout": 30, "max_retries": 0},
     {"id": "echo", "command": [PY, "-c", "import sys; print(sys.stdin.read())"],
@@ -808,12 +811,58 @@ def test_a_second_runtime_on_the_same_store_is_refused_clearly(
     folder = tmp_path / "jobs"
     first = start_runtime(registry, job_storage_path=folder, **quiet())
     job = first.submit("record", {"token": "one"})
-    with pytest.raises(StoreError, match=rf"job store {folder} is in use by another runtime \(pid {os.getpid()}\)"):
+    threads = threading.active_count()
+    with pytest.raises(StoreError, match=re.escape(f"job store {folder} is in use by another runtime "
+                                                   f"(pid {os.getpid()})")):
         Runtime.start(registry, job_storage_path=folder, **quiet())
+    assert threading.active_count() == threads  # the refused one left no thread behind
     assert first.wait_job(job, 10)["status"] == "succeeded"  # the first one is unharmed
     first.stop()
     second = start_runtime(registry, job_storage_path=folder, **quiet())  # free again once stopped
     assert second.status(job)["status"] == "succeeded"
+
+
+def test_a_runtime_that_fails_to_start_lets_go_of_its_store_folder_at_once(
+    registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.runtime
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no supervisor today")
+
+    folder = tmp_path / "jobs"
+    threads = threading.active_count()
+    monkeypatch.setattr(runtime.runtime.SupervisorActor, "start", broken)
+    started = time.monotonic()
+    with pytest.raises(OSError, match="no supervisor today"):
+        Runtime.start(registry, job_storage_path=folder, **quiet())
+    assert time.monotonic() - started < 3  # no wait for a scheduler that never came
+    assert threading.active_count() == threads
+    monkeypatch.undo()
+    Runtime.start(registry, job_storage_path=folder, **quiet()).stop()  # the folder is free
+
+
+def test_a_worker_that_cannot_open_its_start_mark_still_runs_jobs(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "jobs"
+    marks_folder(folder).parent.mkdir(parents=True)
+    marks_folder(folder).write_text("a file where the marks folder should be")
+    rt = start_runtime(registry, job_storage_path=folder, job_concurrency=1, **quiet())
+    assert rt.run("record", {"token": "unmarked"}, timeout=10)["status"] == "succeeded"
+    assert "worker-0 runs its jobs without start marks" in caplog.text
+
+
+def test_with_a_custom_store_an_in_process_start_is_committed_before_it_runs(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    # No start marks without the default store: the attempt is committed first instead.
+    path = tmp_path / "custom"
+    rt = start_runtime(registry, job_concurrency=1, store_factory=lambda: SqliteStore(path), **quiet())
+    for _ in range(5):  # each stored_running starts after a report, not with its submit's commit
+        ids = rt.submit_many([("record", {"token": "before"}), ("stored_running", {"store": str(path)})])
+        assert rt.wait_job(ids[1], 10)["result"]["value"] == ["stored_running"]
+    assert not marks_folder(tmp_path / "jobs").exists()
 
 
 def test_a_start_mark_that_cannot_be_made_does_not_stop_jobs(

@@ -3,12 +3,13 @@ records the attempts that the store had not stored yet."""
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import pytest
 
 from runtime.errors import StoreError
-from runtime.start_marks import StartMark, StartMarker, apply_marks, marks_folder, read_marks
+from runtime.start_marks import StartMark, StartMarker, apply_marks, filesystem_of, marks_folder, read_marks
 from runtime.store import INTERRUPTED_ERROR, JobRecord, JobState, SqliteStore, recover
 
 
@@ -38,9 +39,32 @@ def test_missing_empty_and_damaged_marks_are_skipped(tmp_path: Path, caplog: pyt
     (folder / "worker-0.start").write_bytes(b"")
     (folder / "worker-1.start").write_bytes(b"not a mark\n")
     (folder / "worker-2.start").write_bytes(b"\xff\xfe")
-    (folder / "worker-3.start").write_bytes(b"abc 2 1700000000.5\n" + b" " * 50)
+    crc = zlib.crc32(b"abc 2 1700000000.5")
+    (folder / "worker-3.start").write_bytes(f"abc 2 1700000000.5 {crc:08x}\n".encode() + b" " * 50)
+    # Torn by a kill mid-copy: the start of a new mark over the rest of the last one.
+    (folder / "worker-4.start").write_bytes(f"xyz 2 1700000000.5 {crc:08x}\n".encode())
     assert read_marks(folder) == [StartMark("abc", 2, 1700000000.5)]
-    assert "worker-1.start holds no mark" in caplog.text and "worker-2.start unreadable" in caplog.text
+    assert "worker-1.start holds no whole mark" in caplog.text and "worker-2.start unreadable" in caplog.text
+    assert "worker-4.start holds no whole mark" in caplog.text
+
+
+def test_on_a_copy_on_write_filesystem_marks_are_written_not_mapped(tmp_path: Path) -> None:
+    mounts = ("/dev/sda1 / ext4 rw 0 0\n"
+              "/dev/sdb1 /data btrfs rw,relatime 0 0\n"
+              "tank/jobs /data/jobs\\040store zfs rw 0 0\n")
+    assert filesystem_of(Path("/data/x/y"), mounts) == "btrfs"
+    assert filesystem_of(Path("/data/jobs store/starts"), mounts) == "zfs"
+    assert filesystem_of(Path("/database"), mounts) == "ext4"  # /data is not a prefix of /database
+    assert filesystem_of(Path("/x"), "") == ""
+    folder = marks_folder(tmp_path)
+    marker = StartMarker(folder, "worker-0", memory_map=False)  # the pwrite path
+    try:
+        marker.note("a" * 32, 4)
+    finally:
+        marker.close()
+    assert [(m.job_id, m.attempt) for m in read_marks(folder)] == [("a" * 32, 4)]
+    with pytest.raises(StoreError, match="closed"):
+        marker.note("a" * 32, 5)
 
 
 def test_a_folder_that_cannot_hold_marks_is_a_clear_error(tmp_path: Path) -> None:
