@@ -106,6 +106,8 @@ class WorkerActor(SupervisedActor):
     def _attempt(self, job: RunJob, progress: Any) -> ExecutionResult:
         script = job.script
         if script.kind == "python" and script.options.get("isolation", "thread") == "thread":
+            if job.cancel.cancelled:  # cancelled after it was sent: a thread cannot be stopped once it runs
+                return ExecutionResult("cancelled", error="cancelled before it started")
             if self._marker is not None:  # it could take the process down: mark its start first
                 try:
                     self._marker.note(job.job_id, job.attempt)

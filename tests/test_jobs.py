@@ -21,9 +21,11 @@ from typing import Any
 import pykka
 import pytest
 
+from actors.base import tell_ref
 from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
 from runtime.errors import ConfigError, InvalidArguments, JobNotFound, ScriptNotFound, StoreError
+from runtime.messages import CancelSlot, RunJob
 from runtime.start_marks import StartMarker, marks_folder
 from runtime.store import INTERRUPTED_ERROR, JobRecord, MemoryStore, SqliteStore
 from runtime.testing import inject_fault, replaced, wait_until, write_registry
@@ -863,6 +865,20 @@ def test_with_a_custom_store_an_in_process_start_is_committed_before_it_runs(
         ids = rt.submit_many([("record", {"token": "before"}), ("stored_running", {"store": str(path)})])
         assert rt.wait_job(ids[1], 10)["result"]["value"] == ["stored_running"]
     assert not marks_folder(tmp_path / "jobs").exists()
+
+
+def test_an_in_process_job_cancelled_after_it_was_sent_does_not_run(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # The scheduler sent the job, then it was cancelled before the worker got to it: a
+    # python job on the worker's thread cannot be stopped once it runs, so it must not start.
+    rt = start_runtime(registry, job_concurrency=1, store_factory=MemoryStore, **quiet())
+    script = rt.script("record")
+    slot = CancelSlot()
+    slot.cancel()
+    assert tell_ref(rt.ref("worker-0"), RunJob("f" * 32, 1, script, {"token": "cancelled"}, slot))
+    assert rt.run("record", {"token": "after"}, timeout=10)["status"] == "succeeded"  # same inbox, after it
+    assert helpers.CALLS == ["after"]
 
 
 def test_a_start_mark_that_cannot_be_made_does_not_stop_jobs(
