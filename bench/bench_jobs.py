@@ -287,6 +287,19 @@ def _redis(url: str) -> Any:
     return conn
 
 
+def _peer_burst(n: int, send: Callable[[], Any], done: Countdown, timeout: float, name: str,
+                workers: str) -> dict[str, Any]:
+    """Send ``n`` jobs as fast as possible, then wait for ``done`` to count them all."""
+    start = clock()
+    for _ in range(n):
+        send()
+    submit_phase = clock() - start
+    done.wait(timeout, name)
+    wall = done.finished_at - start
+    return {"wall_s": wall, "jobs_per_s": n / wall, "submit_phase_s": submit_phase, "failed": done.failed,
+            "workers": workers}
+
+
 def _peer_rq(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
     import rq  # noqa: PLC0415
     from rq.registry import FailedJobRegistry, FinishedJobRegistry  # noqa: PLC0415
@@ -352,14 +365,7 @@ def _peer_dramatiq(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any
     worker = dramatiq.Worker(broker, worker_threads=2)
     worker.start()
     try:
-        start = clock()
-        for _ in range(n):
-            actor.send()
-        submit_phase = clock() - start
-        done.wait(timeout, "dramatiq")
-        wall = done.finished_at - start
-        return {"wall_s": wall, "jobs_per_s": n / wall, "submit_phase_s": submit_phase, "failed": done.failed,
-                "workers": "in-process Worker(worker_threads=2)"}
+        return _peer_burst(n, actor.send, done, timeout, "dramatiq", "in-process Worker(worker_threads=2)")
     finally:
         worker.stop()
         broker.close()
@@ -378,14 +384,7 @@ def _peer_huey(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     consumer.start()  # threads, in this process; it installs signal handlers, put back below
     try:
-        start = clock()
-        for _ in range(n):
-            task()
-        submit_phase = clock() - start
-        done.wait(timeout, "huey")
-        wall = done.finished_at - start
-        return {"wall_s": wall, "jobs_per_s": n / wall, "submit_phase_s": submit_phase, "failed": done.failed,
-                "workers": "in-process consumer(workers=2, worker_type='thread')"}
+        return _peer_burst(n, task, done, timeout, "huey", "in-process consumer(workers=2, worker_type='thread')")
     finally:
         consumer.stop(graceful=True)
         for sig, handler in saved.items():
