@@ -24,6 +24,7 @@ from runtime.messages import (
     ReportReady,
     RetryDue,
     RunJob,
+    Submitted,
     WorkerReady,
 )
 from runtime.python_process import START_TIMEOUT
@@ -31,6 +32,7 @@ from runtime.registry import Script, load_registry
 from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory
 from runtime.start_marks import apply_marks, read_marks
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
+from runtime.submit_journal import Callbacks, SubmitJournal
 
 from actors.base import ActorContext, SupervisedActor, tell_ref
 
@@ -57,13 +59,19 @@ def job_status(record: JobRecord) -> dict[str, Any]:
     return data
 
 
+_NESTED = frozenset({dict, list, tuple})
+
+
 def _copy_json(value: Any) -> Any:
-    """A deep copy of JSON-shaped data, several times cheaper than ``copy.deepcopy``."""
+    """A deep copy of JSON-shaped data, several times cheaper than ``copy.deepcopy``.
+
+    Scalars are tested in line rather than passed to a call: most values are scalars.
+    """
     kind = type(value)
     if kind is dict:
-        return {key: _copy_json(item) for key, item in value.items()}
+        return {key: _copy_json(item) if type(item) in _NESTED else item for key, item in value.items()}
     if kind is list or kind is tuple:
-        return [_copy_json(item) for item in value]
+        return [_copy_json(item) if type(item) in _NESTED else item for item in value]
     return value
 
 
@@ -85,6 +93,8 @@ class SchedulerActor(SupervisedActor):
         marks: the workers' start marks folder (``runtime/start_marks.py``); ``None``
             (a custom store): the attempt of a job run on a worker thread is committed
             before the job starts instead.
+        journal: the submit journal (``runtime/submit_journal.py``) this instance takes
+            ``Submitted`` jobs from; ``None`` with a custom store.
     """
 
     def __init__(
@@ -95,9 +105,12 @@ class SchedulerActor(SupervisedActor):
         rng: Callable[[], float] | None = None,
         memory: SchedulerMemory | None = None,
         marks: Path | None = None,
+        journal: SubmitJournal | None = None,
     ) -> None:
         super().__init__(context)
         self._marks = marks
+        self._journal = journal
+        self._journalled = 0  # jobs delivered through the journal, accepted and not committed yet
         self._callbacks = callbacks
         self._store_factory = store_factory
         self._rng = rng
@@ -108,7 +121,13 @@ class SchedulerActor(SupervisedActor):
         self._waiters = self.memory.waiters
         self._worker_refs = self.memory.worker_refs
         self.exec_stats = self.memory.exec_stats
-        self._timers: dict[str, TimerHandle] = {}
+        self._timers: dict[str, TimerHandle] = {}  # retry backoffs, by job id
+        # Deadlines of the running attempts (clock time, attempt), by job id, and one
+        # timer for the earliest: a timer per attempt would cost the timer thread a
+        # wake-up per job, while a deadline is almost never reached.
+        self._deadlines: dict[str, tuple[float, int]] = {}
+        self._deadline_timer: TimerHandle | None = None
+        self._deadline_due = 0.0
         self._draining = False
         self._failed = False
         self._flush_retry_armed = False
@@ -128,6 +147,11 @@ class SchedulerActor(SupervisedActor):
         if memory.store is None:
             memory.store = (self._store_factory() if self._store_factory
                             else SqliteStore(Path(settings.job_storage_path or ".jobs")))
+        replayed: dict[str, Callbacks] = {}
+        if self._journal is not None:  # jobs submitted that no instance committed: into the store first
+            me = self.actor_ref
+            replayed = self._journal.take_over(lambda record, script: me.tell(Submitted(record, script)),
+                                               self._insert_journalled)
         if self._marks is not None and not memory.marks_applied:  # attempts the last process did not store
             apply_marks(memory.store, read_marks(self._marks))
             memory.marks_applied = True
@@ -156,6 +180,11 @@ class SchedulerActor(SupervisedActor):
                 self._arm_deadline(job_id, core.running[job_id].attempt, left)
             elif (delay := core.retry_in(job_id)) is not None:
                 self._arm_retry(job_id, delay)
+        for job_id, (progress, on_done) in replayed.items():  # their Submitted died with the last instance
+            if progress is not None:
+                self._progress_callbacks[job_id] = progress
+            if on_done is not None:
+                self._waiters[job_id].append(on_done)
         for job_id in [j for j in self._waiters if j not in core.jobs]:
             self._ended(job_id, None)  # finished while no scheduler was listening
         core.flush()
@@ -172,9 +201,13 @@ class SchedulerActor(SupervisedActor):
         super().on_failure(exception_type, exception_value, traceback)
 
     def _hand_over(self) -> None:
+        if self._journal is not None:  # first: no submit may be told to this instance from now on
+            self._journal.stop_delivery()
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         self._commit_clock.close()
         core = self.core
         if core is None:
@@ -236,8 +269,31 @@ class SchedulerActor(SupervisedActor):
         if on_done is not None:
             for record in records:
                 self._waiters[record.id].append(on_done)
-        self._dispatch(commit=True)
+        self._dispatch(commit=[record.id for record in records])
         return [record.id for record in records]
+
+    def _accept_submitted(self, record: JobRecord, script: Script) -> None:
+        """Queue a job from the submit journal; the next group commit inserts it."""
+        assert self._journal is not None  # only a journal delivers these
+        self._remember(script)
+        self._core().accept(record)
+        self._journalled += 1
+        progress, on_done = self._journal.accepted(record.id)
+        if progress is not None:
+            self._progress_callbacks[record.id] = progress
+        if on_done is not None:
+            self._waiters[record.id].append(on_done)
+        self._dispatch()
+
+    def _insert_journalled(self, records: list[JobRecord]) -> None:
+        """Store the journalled jobs the store does not have yet (queued)."""
+        store = self.memory.store
+        assert store is not None
+        known = store.known_ids(r.id for r in records)
+        new = [r for r in records if r.id not in known]
+        if new:
+            store.add_many(new)
+            logger.info("scheduler recovered %d submitted jobs from the submit journal", len(new))
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """The job's status dict, or ``None`` for an unknown id."""
@@ -330,14 +386,15 @@ class SchedulerActor(SupervisedActor):
             return super()._handle_receive(message)
         finally:
             core = self.core
-            if core is not None and (core.dirty or self._unflushed) and (
-                    len(core.dirty) >= FLUSH_BATCH or self.actor_inbox.empty()):
+            if core is not None and (core.dirty or core.added or self._unflushed) and (
+                    len(core.dirty) + len(core.added) >= FLUSH_BATCH or self.actor_inbox.empty()):
                 self._commit_soon(core)
 
     def _commit_soon(self, core: SchedulerCore) -> None:
         """Commit now, or at the end of the commit window while attempts are running."""
         wait = self._last_commit + COMMIT_WINDOW - time.monotonic()
-        if not core.dirty or not core.running or wait <= 0 or len(core.dirty) >= FLUSH_BATCH:
+        changes = len(core.dirty) + len(core.added)
+        if not changes or not core.running or wait <= 0 or changes >= FLUSH_BATCH:
             self._flush_quietly()
         elif not self._commit_armed:
             self._commit_armed = True
@@ -360,10 +417,12 @@ class SchedulerActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         core = self._core()
-        if isinstance(message, JobFinished):
+        if isinstance(message, Submitted):
+            self._accept_submitted(message.record, message.script)
+        elif isinstance(message, JobFinished):
             run = core.running.get(message.job_id)
             if run is not None and run.attempt == message.attempt:
-                self._cancel_timer(message.job_id)  # a stale report must not cancel a retry timer
+                self._deadlines.pop(message.job_id, None)
             result = message.result
             record = core.jobs.get(message.job_id)
             if record is not None and run is not None and run.attempt == message.attempt:
@@ -393,7 +452,7 @@ class SchedulerActor(SupervisedActor):
             if core.retry_due(message.job_id):
                 self._dispatch()
         elif isinstance(message, DeadlinePassed):
-            self._deadline(message)
+            self._deadlines_due()
         elif isinstance(message, FlushDue):
             self._flush_retry_armed = self._commit_armed = False
             self._flush_quietly()
@@ -415,6 +474,9 @@ class SchedulerActor(SupervisedActor):
         if self.core is not None:
             self.core.flush()
             self._last_commit = time.monotonic()
+            if self._journalled and self._journal is not None:  # in the store now: the journal may let go
+                self._journal.committed(self._journalled)
+                self._journalled = 0
         self._post_unflushed()
 
     def _post_unflushed(self) -> None:
@@ -476,24 +538,24 @@ class SchedulerActor(SupervisedActor):
             if script is not None:
                 self._remember(script)
 
-    def _dispatch(self, commit: bool = False) -> None:
+    def _dispatch(self, commit: list[str] | None = None) -> None:
         """Start what the idle workers can take.
 
         Args:
-            commit: commit first whatever happens (a submit: its jobs must be stored
-                before it answers). Dispatching before that commit writes a job that
-                starts at once in its ``running`` state: one commit, not two.
+            commit: the jobs of a submit: commit first whatever happens (they must be
+                stored before it answers). Dispatching before that commit writes a job
+                that starts at once in its ``running`` state: one commit, not two.
 
         Raises:
             StoreError: the commit of a submit failed (the submit fails; nothing started).
         """
         core = self._core()
         starts = [] if self._draining else core.dispatch()
-        if commit:
+        if commit is not None:
             try:
                 self._flush()
             except ActorRuntimeError:
-                core.reject()  # not stored: not accepted, and none of it starts
+                core.reject(commit)  # not stored: not accepted, and none of it starts
                 raise
         elif self._marks is None and any(self._in_process(s.record.script_id) for s in starts):
             # A job run inside this process can kill it: its attempt must be on disk before
@@ -513,6 +575,9 @@ class SchedulerActor(SupervisedActor):
                 core.worker_lost(start.worker)
                 continue
             self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
+        if not self._deadlines and self._deadline_timer is not None:  # nothing runs: nothing to watch
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
 
     def _in_process(self, script_id: str) -> bool:
         script = self._scripts.get(script_id)
@@ -523,29 +588,53 @@ class SchedulerActor(SupervisedActor):
         return tell_ref(self._worker_refs.get(worker) or self.context.directory.get(worker), message)
 
     def _arm_deadline(self, job_id: str, attempt: int, timeout: float) -> None:
+        due = self.context.clock.monotonic() + max(0.0, timeout + HANG_GRACE)
+        self._deadlines[job_id] = (due, attempt)
+        if self._deadline_timer is None or due < self._deadline_due:
+            self._arm_deadline_timer(due)
+
+    def _arm_deadline_timer(self, due: float) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
         me = self.actor_ref
-        self._timers[job_id] = self.context.clock.call_later(
-            max(0.0, timeout + HANG_GRACE), lambda: _tell(me, DeadlinePassed(job_id, attempt))
-        )
+        clock = self.context.clock
+        self._deadline_due = due
+        self._deadline_timer = clock.call_later(due - clock.monotonic(), lambda: _tell(me, DeadlinePassed()))
 
     def _cancel_timer(self, job_id: str) -> None:
+        """Forget the job's deadline and cancel its retry timer (the job ended or was lost)."""
+        self._deadlines.pop(job_id, None)
         timer = self._timers.pop(job_id, None)
         if timer is not None:
             timer.cancel()
 
-    def _deadline(self, message: DeadlinePassed) -> None:
+    def _deadlines_due(self) -> None:
+        """Give up the attempts past their deadline; arm the timer for the next one."""
+        now = self.context.clock.monotonic()
+        for job_id, (due, attempt) in list(self._deadlines.items()):
+            if due <= now:
+                del self._deadlines[job_id]
+                self._hung(job_id, attempt)
+        # Re-armed from scratch: the jobs dispatched meanwhile may have armed it, and
+        # this message may come from a timer already replaced.
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        if self._deadlines:
+            self._arm_deadline_timer(min(due for due, _ in self._deadlines.values()))
+
+    def _hung(self, job_id: str, attempt: int) -> None:
         core = self._core()
-        run = core.running.get(message.job_id)
-        if run is None or run.attempt != message.attempt:
+        run = core.running.get(job_id)
+        if run is None or run.attempt != attempt:
             return
-        self._timers.pop(message.job_id, None)
         run.cancel.cancel()
         worker = run.worker
         ref = self._worker_refs.pop(worker, None) or self.context.directory.get(worker)
-        error = f"worker {worker} hung: attempt {message.attempt} outlived its deadline"
-        logger.warning("job %s: %s", message.job_id, error)
+        error = f"worker {worker} hung: attempt {attempt} outlived its deadline"
+        logger.warning("job %s: %s", job_id, error)
         core.worker_lost(worker)
-        self._outcome(message.job_id, core.abandon(message.job_id, error))
+        self._outcome(job_id, core.abandon(job_id, error))
         if ref is not None:
             self.context.directory.tell(self.context.supervisor, ReplaceChild(worker, ref.actor_urn, error))
         self._dispatch()

@@ -40,8 +40,8 @@ class WorkerActor(SupervisedActor):
     Args:
         context: the actor's context.
         pools: the runtime's connection pools, used by ``http`` and ``sql`` scripts.
-        marks: the start marks folder: the start of each job run on this worker's
-            thread is marked there first (``runtime/start_marks.py``).
+        marks: the start marks folder: the start of each attempt is marked there
+            first (``runtime/start_marks.py``).
     """
 
     def __init__(self, context: ActorContext, pools: ConnectionPools | None = None,
@@ -108,11 +108,7 @@ class WorkerActor(SupervisedActor):
         if script.kind == "python" and script.options.get("isolation", "thread") == "thread":
             if job.cancel.cancelled:  # cancelled after it was sent: a thread cannot be stopped once it runs
                 return ExecutionResult("cancelled", error="cancelled before it started")
-            if self._marker is not None:  # it could take the process down: mark its start first
-                try:
-                    self._marker.note(job.job_id, job.attempt)
-                except StoreError as e:  # defensive (a closed marker, an odd id): run it, unmarked
-                    logger.error("job %s runs without its start mark: %s", job.job_id, e)
+            self._mark(job)  # it could take the process down: mark its start first
             return run_python(script, job.arguments, progress)  # cancelled by its own checks only
         try:
             execution = self._execution(script, job.arguments, progress)
@@ -120,10 +116,20 @@ class WorkerActor(SupervisedActor):
             error = f"script {script.id!r}: {e.name or e} is not installed (pip install 'actor-runtime[postgres]')"
             return ExecutionResult("failed", error=error, extra={"retryable": False})
         job.cancel.attach(execution.cancel)  # a cancel that came first stops it before it starts
+        # Its start may not be in the store yet (a job from the submit journal starts before
+        # the group commit that inserts it): the mark makes a kill of the process count it.
+        self._mark(job)
         result = execution.run()
         if script.kind in ("http", "sql"):
             self.context.directory.tell("stats", PoolFigures(self.pools.figures()))
         return result
+
+    def _mark(self, job: RunJob) -> None:
+        if self._marker is not None:
+            try:
+                self._marker.note(job.job_id, job.attempt)
+            except StoreError as e:  # defensive (a closed marker, an odd id): run it, unmarked
+                logger.error("job %s runs without its start mark: %s", job.job_id, e)
 
     def _execution(self, script: Script, arguments: dict[str, Any], progress: Any) -> _Execution:
         if script.kind == "command":

@@ -26,6 +26,7 @@ __all__ = [
     "RetryDue",
     "FlushDue",
     "RunJob",
+    "Submitted",
     "WorkerReady",
     "CacheFigures",
     "ChildFailed",
@@ -145,6 +146,19 @@ class CancelSlot:
 
 
 @dataclass(frozen=True, slots=True)
+class Submitted:
+    """Runtime.submit → SchedulerActor: accept a job already in the submit journal.
+
+    Attributes:
+        record: the new job's record (queued; the scheduler gives it its ``seq``).
+        script: the registry entry, as validated at submission.
+    """
+
+    record: Any
+    script: Any
+
+
+@dataclass(frozen=True, slots=True)
 class RunJob:
     """SchedulerActor → WorkerActor: run attempt ``attempt`` of a job.
 
@@ -218,10 +232,8 @@ class RetryDue:
 
 @dataclass(frozen=True, slots=True)
 class DeadlinePassed:
-    """Timer → SchedulerActor: attempt ``attempt`` of ``job_id`` outlived its deadline."""
-
-    job_id: str
-    attempt: int
+    """Timer → SchedulerActor: the earliest deadline of the running attempts is here
+    (the scheduler keeps one timer for all of them and checks which are over)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,8 @@ from runtime.registry_cache import CacheMemory, CacheView
 from runtime.scheduling import SchedulerMemory
 from runtime.start_marks import marks_folder
 from runtime.stats import StatsAccumulator
-from runtime.store import JobStore, claim_folder
+from runtime.store import JobRecord, JobStore, claim_folder
+from runtime.submit_journal import SubmitJournal
 from runtime.supervision import Backoff, ChildSpec, RestartPolicy
 
 from actors.base import ActorContext, Directory
@@ -73,6 +74,8 @@ class Runtime:
         self._marks = None if store_factory else marks_folder(Path(self.settings.job_storage_path or ".jobs"))
         self._retry_rng = retry_rng
         self._folder_lock: int | None = None  # the default store's folder, held while running
+        # With the default store, submits go through the journal (runtime/submit_journal.py).
+        self._journal: SubmitJournal | None = None
         self.callbacks = CallbackRunner()
         self._ready = threading.Event()
         self._stopped = threading.Event()
@@ -126,7 +129,9 @@ class Runtime:
     def _start(self) -> None:
         try:
             if self._store_factory is None:  # one runtime per store folder: say so now, not by running jobs twice
-                self._folder_lock = claim_folder(Path(self.settings.job_storage_path or ".jobs"))
+                folder = Path(self.settings.job_storage_path or ".jobs")
+                self._folder_lock = claim_folder(folder)
+                self._journal = SubmitJournal(folder)
             self._start_tree()
         except BaseException:
             self.stop()  # the threads made so far, and the folder
@@ -176,7 +181,7 @@ class Runtime:
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
                 context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory,
-                self._marks)),
+                self._marks, self._journal)),
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
@@ -217,6 +222,8 @@ class Runtime:
             for name in self.directory.names():
                 self.directory.set(name, None)
             self._scheduler_memory.close()  # a scheduler that failed for good left it open
+            if self._journal is not None:  # submits waiting for a scheduler get RuntimeStopped
+                self._journal.close()
             if self._folder_lock is not None:
                 os.close(self._folder_lock)
                 self._folder_lock = None
@@ -340,7 +347,12 @@ class Runtime:
         callback: Callable[[str, float, str], Any] | None = None,
         on_done: Callable[[dict[str, Any]], Any] | None = None,
     ) -> str:
-        """Validate and accept a job; it is in the store when this returns.
+        """Validate and accept a job; it is durable when this returns.
+
+        With the default store the job goes to the submit journal (one write) and the
+        scheduler inserts it into the store with its next group commit; with a custom
+        store the scheduler commits it before this returns
+        (``runtime/submit_journal.py``).
 
         Args:
             script_id: a registered script.
@@ -359,14 +371,23 @@ class Runtime:
             ScriptNotFound: no such script (nothing is queued).
             InvalidArguments: the arguments do not fit the script (nothing is queued).
             PoolError: an ``sql`` script's database pool does not exist (nothing is queued).
+            StoreError: the job could not be written (nothing is queued).
+            RuntimeStopped: the runtime stopped.
         """
         level = _priority(priority)
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
                                         or max_retries < 0):
             raise InvalidArguments(f"max_retries must be an integer >= 0, got {max_retries!r}")
         script, values = self._checked_job(script_id, arguments)
-        return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
-                   .get(timeout=self.settings.ask_timeout))
+        journal = self._journal
+        if journal is None:  # a custom store: the scheduler commits the job before it answers
+            return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
+                       .get(timeout=self.settings.ask_timeout))
+        self._check_running()
+        record = JobRecord.new(script.id, values, priority=level,
+                               max_retries=script.max_retries if max_retries is None else max_retries)
+        journal.submit(record, script, (callback, on_done), self.settings.ask_timeout)
+        return record.id
 
     def submit_many(
         self,

@@ -185,11 +185,13 @@ class SchedulerCore:
             return None
         return max(0.0, self.jobs[job_id].not_before - self.wall())
 
-    def reject(self) -> None:
-        """Undo the accepting of the jobs not inserted yet (their commit failed): they
-        leave the queue, and any of them already dispatched frees its worker."""
-        for job_id in list(self.added):
-            del self.added[job_id]
+    def reject(self, job_ids: list[str]) -> None:
+        """Undo the accepting of jobs not inserted yet (their submit's commit failed): they
+        leave the queue, and any of them already dispatched frees its worker. Other
+        pending jobs (from the submit journal) stay pending for the next commit."""
+        for job_id in job_ids:
+            if self.added.pop(job_id, None) is None:
+                continue
             self.jobs.pop(job_id, None)
             self.dirty.pop(job_id, None)
             run = self.running.pop(job_id, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -131,8 +132,11 @@ def die() -> None:
 
 
 def maybe_block(n: int) -> int:
-    """Blocks forever where ``BLOCK_ENV`` is set (a process about to be killed), else returns ``n``."""
+    """Blocks forever where ``BLOCK_ENV`` is set (a process about to be killed: it prints
+    ``started <n>`` first), else returns ``n``."""
     if os.environ.get(BLOCK_ENV):
+        sys.stdout.write(f"started {n}\n")  # one write: lines from other threads stay whole
+        sys.stdout.flush()
         threading.Event().wait()
     CALLS.append(str(n))
     return n

@@ -26,8 +26,10 @@ from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
 from runtime.errors import ConfigError, InvalidArguments, JobNotFound, ScriptNotFound, StoreError
 from runtime.messages import CancelSlot, RunJob
+from runtime.registry import Script
 from runtime.start_marks import StartMarker, marks_folder
 from runtime.store import INTERRUPTED_ERROR, JobRecord, MemoryStore, SqliteStore
+from runtime.submit_journal import SubmitJournal, parse
 from runtime.testing import inject_fault, replaced, wait_until, write_registry
 from tests import jobs_helpers as helpers
 
@@ -354,14 +356,12 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     os.environ[{env!r}] = "1"
     from runtime import Runtime
-    from runtime.testing import wait_until
     rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=2,
                        watcher="polling", poll_interval=10**6)
     for n in range(300):
-        print(rt.submit("maybe_block", {{"n": n}}), flush=True)
+        sys.stdout.write(rt.submit("maybe_block", {{"n": n}}) + "\\n")  # one write: see maybe_block
+        sys.stdout.flush()
     print("submitted", flush=True)
-    wait_until(lambda: rt.queue_stats()["running_jobs"] >= 1, timeout=20)
-    print("running", flush=True)
     sys.stdin.read()  # wait to be killed
 """)
 
@@ -375,38 +375,167 @@ def test_jobs_survive_sigkill_of_the_runtime_process(start_runtime: Callable[...
     try:
         assert child.stdout is not None
         lines: list[str] = []
-        for line in child.stdout:
+        started = 0
+        for line in child.stdout:  # job ids, "submitted", and "started <n>" from the two workers
+            started += line.startswith("started")
             lines.append(line.strip())
-            if lines[-1] == "running":
+            if started == 2 and "submitted" in lines:
                 break
-        assert lines[-2:] == ["submitted", "running"], lines[-5:]
+        assert started == 2 and "submitted" in lines, lines[-5:]
         child.send_signal(signal.SIGKILL)
         assert child.wait(10) == -signal.SIGKILL
     finally:
         if child.poll() is None:
             child.kill()
             child.wait(10)
-    jobs = lines[:-2]
+    jobs = [line for line in lines if line != "submitted" and not line.startswith("started")]
     assert len(jobs) == 300 and len(set(jobs)) == 300
-    store = SqliteStore(store_dir)
-    try:
-        counts = store.counts()
-        assert counts["running"] >= 1 and counts["queued"] + counts["running"] == 300, counts
-        was_running = {j for j in jobs if store.get(j).state.value == "running"}  # type: ignore[union-attr]
-    finally:
-        store.close()
+    # Every accepted job is on disk: in the store, or still only in the submit journal.
+    assert set(jobs) <= _stored_ids(store_dir) | _journalled_ids(store_dir)
     rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=4, **quiet())
     wait_until(lambda: rt.queue_stats()["completed_jobs"] == 300, timeout=20,
                message="not every job recovered from the store")
     finals = {j: rt.status(j) for j in jobs}
     assert {f["status"] for f in finals.values()} == {"succeeded"}
-    for job, final in finals.items():
-        if job in was_running:
-            assert [(a["status"], a["error"]) for a in final["attempts"]] == [
-                ("interrupted", INTERRUPTED_ERROR), ("succeeded", None)]
-        else:
-            assert [a["status"] for a in final["attempts"]] == ["succeeded"]
+    attempts = sorted([(a["status"], a["error"]) for a in f["attempts"]] for f in finals.values())
+    interrupted = [[("interrupted", INTERRUPTED_ERROR), ("succeeded", None)]]
+    # The jobs the two workers were running come back as a new attempt; the rest as they were.
+    assert attempts == interrupted * 2 + [[("succeeded", None)]] * 298, attempts[:3]
     assert sorted(helpers.CALLS, key=int) == [str(n) for n in range(300)]
+
+
+def _stored_ids(store_dir: Path) -> set[str]:
+    store = SqliteStore(store_dir)
+    try:
+        return {r.id for r in store.unfinished()}
+    finally:
+        store.close()
+
+
+def _journalled_ids(store_dir: Path) -> set[str]:
+    records, bad = parse((store_dir / "submits.journal").read_bytes())
+    assert bad == 0
+    return {r.id for r in records}
+
+
+JOURNAL_CHILD = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {root!r})
+    os.environ[{env!r}] = "1"
+    import actors.scheduler
+    from runtime import Runtime
+    actors.scheduler.COMMIT_WINDOW = 60.0  # while a job runs, nothing more is committed
+    rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=1,
+                       watcher="polling", poll_interval=10**6)
+    for n in range(50):
+        sys.stdout.write(rt.submit("maybe_block", {{"n": n}}) + "\\n")  # one write: see maybe_block
+        sys.stdout.flush()
+    print("submitted", flush=True)
+    sys.stdin.read()  # wait to be killed
+""")
+
+
+def test_jobs_only_in_the_submit_journal_run_after_a_sigkill(start_runtime: Callable[..., Runtime],
+                                                              registry: Path, tmp_path: Path) -> None:
+    store_dir = tmp_path / "jobs"
+    code = JOURNAL_CHILD.format(root=str(ROOT), env=helpers.BLOCK_ENV, registry=str(registry), store=str(store_dir))
+    child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        assert child.stdout is not None
+        lines: list[str] = []
+        for line in child.stdout:
+            lines.append(line.strip())
+            if "submitted" in lines and any(x.startswith("started") for x in lines):
+                break
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    jobs = [line for line in lines if line != "submitted" and not line.startswith("started")]
+    assert len(jobs) == 50
+    only_journalled = set(jobs) - _stored_ids(store_dir)
+    assert only_journalled and only_journalled <= _journalled_ids(store_dir), "no job was only in the journal"
+    rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=2, **quiet())
+    finals = [rt.wait_job(j, timeout=10) for j in jobs]
+    assert {f["status"] for f in finals} == {"succeeded"}
+    assert sorted(len(f["attempts"]) for f in finals) == [1] * 49 + [2]  # the one running was interrupted
+    assert sorted(helpers.CALLS, key=int) == [str(n) for n in range(50)]
+    assert (store_dir / "submits.journal").stat().st_size == 0  # replayed into the store, then emptied
+
+
+def test_a_job_left_in_the_submit_journal_runs_at_the_next_start(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    store_dir = tmp_path / "jobs"
+    journal = SubmitJournal(store_dir)  # a process that wrote the job and died before telling anyone
+    journal.take_over(lambda record, script: None, lambda records: None)
+    record = JobRecord.new("record", {"token": "left"})
+    journal.submit(record, Script("record"), (None, None), 1)
+    journal.close()
+    rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
+    assert rt.wait_job(record.id, timeout=5)["status"] == "succeeded"
+    assert helpers.CALLS == ["left"]
+
+
+def test_submits_racing_scheduler_restarts_are_each_accepted_once(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=2, backoff_min=0.001, backoff_max=0.01, **quiet())
+    ends: Counter[str] = Counter()
+    counting = threading.Lock()
+
+    def on_done(status: dict[str, Any]) -> None:
+        with counting:
+            ends[status["job_id"]] += 1
+
+    jobs: list[str] = []
+    errors: list[BaseException] = []
+    restarted = threading.Event()
+
+    def submit_all() -> None:  # until the restarts are over, and 300 jobs at least
+        try:
+            while not restarted.is_set() or len(jobs) < 300:
+                jobs.append(rt.submit("record", {"token": str(len(jobs))}, on_done=on_done))
+        except BaseException as e:  # reported below: a thread's exception is otherwise lost
+            errors.append(e)
+
+    submitter = threading.Thread(target=submit_all)
+    submitter.start()
+    wait_until(lambda: len(jobs) >= 10, message="no submits")
+    for _ in range(3):  # the scheduler fails while jobs are being submitted
+        old = inject_fault(rt, "scheduler")
+        wait_until(lambda: replaced(rt, "scheduler", old), message="scheduler not restarted")
+    restarted.set()
+    submitter.join(30)
+    assert not errors and len(jobs) >= 300
+    finals = [rt.wait_job(j, timeout=10) for j in jobs]
+    assert {f["status"] for f in finals} == {"succeeded"}
+    assert sorted(helpers.CALLS, key=int) == [str(n) for n in range(len(jobs))]  # each ran once
+    wait_until(lambda: len(ends) == len(jobs), message="an on_done given to submit was lost")
+    assert set(ends.values()) == {1}
+
+
+def test_a_submit_that_cannot_be_written_fails_and_queues_nothing(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    store_dir = tmp_path / "jobs"
+    rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
+    journal = rt._journal
+    assert journal is not None
+    read_only = os.open(journal.path, os.O_RDONLY)
+    writable, journal._fd = journal._fd, read_only  # every write fails, as on a broken disk
+    try:
+        with pytest.raises(StoreError, match="cannot write the submit journal"):
+            rt.submit("record", {"token": "lost"})
+    finally:
+        journal._fd = writable
+        os.close(read_only)
+    assert rt.queue_stats()["queue_size"] == 0
+    assert rt.run("record", {"token": "next"}, timeout=5)["status"] == "succeeded"
+    assert helpers.CALLS == ["next"]
 
 
 # --- graceful stop ----------------------------------------------------------------------
@@ -509,6 +638,32 @@ def test_a_late_report_of_a_hung_attempt_changes_nothing(
     assert final["status"] == "succeeded"
     assert [(a["status"], "hung" in (a["error"] or "")) for a in final["attempts"]] == [
         ("failed", True), ("succeeded", False)], final["attempts"]
+
+
+def test_one_timer_watches_the_deadlines_of_every_running_attempt(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    clock = ManualClock()
+    rt = start_runtime(registry, clock=clock, job_concurrency=2, store_factory=MemoryStore, **quiet())
+    deadline = 1.0 + HANG_GRACE  # hang_once's timeout is 1 s
+    first = rt.submit("hang_once", {"name": "first"})
+    assert helpers.started("first").wait(5)
+    wait_until(lambda: soon(clock) == [deadline], message="no deadline armed")
+    clock.advance(3.0)
+    second = rt.submit("hang_once", {"name": "second"})
+    assert helpers.started("second").wait(5)
+    assert soon(clock) == [deadline - 3.0]  # one timer, for the earliest deadline
+    helpers.release("first")
+    assert rt.wait_job(first, timeout=5)["status"] == "succeeded"
+    clock.advance(deadline - 3.0)  # the first deadline: nothing is over, the timer moves on
+    wait_until(lambda: soon(clock) == [3.0], message="the second attempt's deadline is not watched")
+    assert status_of(rt, second) == "running"
+    clock.advance(2.999)
+    assert status_of(rt, second) == "running"
+    clock.advance(0.001)
+    wait_until(lambda: status_of(rt, second) == "retrying", message="the second hung attempt was not given up")
+    assert "hung" in rt.status(second)["attempts"][0]["error"]
+    helpers.release("second")
 
 
 # --- status snapshots and scheduler restarts -------------------------------------------

@@ -448,8 +448,12 @@ def test_reject_undoes_jobs_whose_commit_failed() -> None:
     core, store, _ = make_core()
     core.worker_ready("w0")
     record = JobRecord.new("s", {})
+    journalled = JobRecord.new("s", {})  # accepted from the submit journal, in no failed submit
     core.accept(record)
     core.dispatch()
-    core.reject()
+    core.accept(journalled)
+    core.reject([record.id])
     assert record.id not in core.jobs and not core.running and core.idle == ["w0"]
-    assert core.dispatch() == [] and store.raw.get(record.id) is None
+    assert [d.record.id for d in core.dispatch()] == [journalled.id]  # the other job stays
+    core.flush()
+    assert store.raw.get(record.id) is None and store.raw.get(journalled.id) is not None

@@ -52,6 +52,7 @@ def test_new_record_defaults() -> None:
     assert record.updated_at == record.created_at > 0
     assert JobRecord.from_dict(record.to_dict()) == record
     assert record.to_dict()["state"] == "queued"
+    assert tuple(record.to_dict()) == JobRecord.__slots__  # every field, none forgotten
 
 
 def test_add_get_round_trip_keeps_json_types(store: JobStore) -> None:
