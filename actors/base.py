@@ -129,9 +129,10 @@ class SupervisedActor(pykka.ThreadingActor):
         try:
             self.setup()
         except Exception as e:
-            # pykka neither calls on_failure nor tells anyone when on_start raises.
-            self._report_failure(e)
+            # pykka neither calls on_failure nor tells anyone when on_start raises. Clean
+            # up before reporting: the supervisor may start the next instance at once.
             self._safe_teardown()
+            self._report_failure(e)
             raise
         self.context.directory.tell(self.context.supervisor, ChildStarted(self.name, self.actor_urn))
 

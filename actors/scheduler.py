@@ -32,7 +32,7 @@ from runtime.registry import Script, load_registry
 from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory
 from runtime.start_marks import apply_marks, read_marks
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
-from runtime.submit_journal import Callbacks, SubmitJournal
+from runtime.submit_journal import SubmitJournal
 
 from actors.base import ActorContext, SupervisedActor, tell_ref
 
@@ -110,6 +110,7 @@ class SchedulerActor(SupervisedActor):
         super().__init__(context)
         self._marks = marks
         self._journal = journal
+        self._deliver: Callable[[JobRecord, Script], None] | None = None  # what the journal tells
         self._journalled = 0  # jobs delivered through the journal, accepted and not committed yet
         self._callbacks = callbacks
         self._store_factory = store_factory
@@ -142,16 +143,31 @@ class SchedulerActor(SupervisedActor):
     # --- lifecycle --------------------------------------------------------------------
 
     def setup(self) -> None:
+        try:
+            self._take_over()
+        except BaseException:
+            # A failed start hands nothing over: what the last instance left (attempts in
+            # flight, callbacks, the open store) stays in the memory for the next one.
+            self._failed = True
+            self._release()
+            self.core = None
+            raise
+
+    def _take_over(self) -> None:
         settings = self.context.settings
         memory = self.memory
         if memory.store is None:
             memory.store = (self._store_factory() if self._store_factory
                             else SqliteStore(Path(settings.job_storage_path or ".jobs")))
-        replayed: dict[str, Callbacks] = {}
         if self._journal is not None:  # jobs submitted that no instance committed: into the store first
             me = self.actor_ref
-            replayed = self._journal.take_over(lambda record, script: me.tell(Submitted(record, script)),
-                                               self._insert_journalled)
+            self._deliver = lambda record, script: me.tell(Submitted(record, script))
+            replayed = self._journal.take_over(self._deliver, self._insert_journalled)
+            for job_id, (progress, on_done) in replayed.items():  # their Submitted died with an instance
+                if progress is not None:
+                    self._progress_callbacks[job_id] = progress
+                if on_done is not None:
+                    self._waiters[job_id].append(on_done)
         if self._marks is not None and not memory.marks_applied:  # attempts the last process did not store
             apply_marks(memory.store, read_marks(self._marks))
             memory.marks_applied = True
@@ -161,7 +177,6 @@ class SchedulerActor(SupervisedActor):
         # Attempts of the failed instance whose worker is still the same live actor
         # carry on: that worker's report comes here. The others were lost with it.
         live = {job_id: run for job_id, run in memory.running.items() if self._worker_alive(run.worker)}
-        memory.running = {}
         pending = recover(memory.store, {job_id: run.attempt for job_id, run in live.items()})
         for record in pending:
             if record.state is JobState.RUNNING:
@@ -180,14 +195,10 @@ class SchedulerActor(SupervisedActor):
                 self._arm_deadline(job_id, core.running[job_id].attempt, left)
             elif (delay := core.retry_in(job_id)) is not None:
                 self._arm_retry(job_id, delay)
-        for job_id, (progress, on_done) in replayed.items():  # their Submitted died with the last instance
-            if progress is not None:
-                self._progress_callbacks[job_id] = progress
-            if on_done is not None:
-                self._waiters[job_id].append(on_done)
         for job_id in [j for j in self._waiters if j not in core.jobs]:
             self._ended(job_id, None)  # finished while no scheduler was listening
         core.flush()
+        memory.running = {}  # taken over (a failure before this leaves them to the next instance)
         for name in self.context.directory.names():
             if name.startswith("worker-"):
                 self.context.directory.tell(name, ReportReady(self.actor_ref))
@@ -200,15 +211,19 @@ class SchedulerActor(SupervisedActor):
         self._hand_over()
         super().on_failure(exception_type, exception_value, traceback)
 
-    def _hand_over(self) -> None:
-        if self._journal is not None:  # first: no submit may be told to this instance from now on
-            self._journal.stop_delivery()
+    def _release(self) -> None:
+        """Take no more submits; stop the timers."""
+        if self._journal is not None and self._deliver is not None:  # first: nothing more is told to it
+            self._journal.stop_delivery(self._deliver)
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
         self._commit_clock.close()
+
+    def _hand_over(self) -> None:
+        self._release()
         core = self.core
         if core is None:
             return

@@ -18,8 +18,11 @@ Why no job is lost or accepted twice:
 - A new scheduler instance, under the lock, inserts every journalled job the store does
   not know (``take_over``), empties the journal, and only then takes deliveries: a job
   is either replayed or told to it, never both.
-- The journal is emptied only when every job appended since it was last emptied has
-  been committed to the store, so a line goes only once its job is in the store.
+- The scheduler accepts delivered jobs in the order they were appended and commits
+  everything it accepted, so the committed jobs are always the first lines: only those
+  are cut off (``committed``), so a line goes only once its job is in the store.
+- A submitter may run at most ``MAX_AHEAD`` jobs ahead of the scheduler; past that it
+  waits, or every question asked of the scheduler would queue behind the backlog.
 - A job's progress callback and completion callback wait here until an instance
   accepts the job, so they are not lost with a dead inbox either.
 
@@ -40,6 +43,7 @@ import os
 import threading
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,10 +61,12 @@ Callbacks = tuple[Callable[..., Any] | None, Callable[[dict[str, Any]], Any] | N
 #: Deliver a journalled job to the scheduler instance that takes deliveries (a tell).
 Deliver = Callable[[JobRecord, Script], None]
 
-#: Once everything in the journal is committed, it is emptied when it is at least this
-#: big: a truncate per commit would cost a system call each, and a start-up reads what
+#: The lines of committed jobs are cut off the journal once they add up to this many
+#: bytes: a cut per commit would cost system calls each time, and a start-up reads what
 #: is left (jobs the store already has are skipped).
 EMPTY_AT = 64 * 1024
+#: Submitters wait while the scheduler has this many delivered jobs not yet accepted.
+MAX_AHEAD = 256
 
 
 def _line(record: JobRecord) -> bytes:
@@ -98,16 +104,24 @@ class SubmitJournal:
         self.path = Path(folder) / "submits.journal"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd: int | None = self._open()
             self._size = os.fstat(self._fd).st_size
         except OSError as e:
             raise StoreError(f"cannot open the submit journal {self.path}: {e.strerror or e}") from e
         self._cond = threading.Condition()
         self._deliver: Deliver | None = None
         self._closed = False
-        self._appended = 0  # jobs appended since the journal was last emptied...
-        self._committed = 0  # ...and how many of them the scheduler has committed to the store
+        # Sizes of the lines appended since the journal was last emptied whose jobs are not
+        # committed yet, in order: the scheduler accepts jobs in the order they were
+        # appended and commits all it accepted, so the committed ones are always the first
+        # lines, and ``_committed_bytes`` of them may go.
+        self._uncommitted: deque[int] = deque()
+        self._committed_bytes = 0
+        self._ahead = 0  # jobs delivered to the current instance and not accepted yet
         self._callbacks: dict[str, Callbacks] = {}
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     # --- client threads ---------------------------------------------------------------
 
@@ -115,25 +129,30 @@ class SubmitJournal:
         """Append ``record`` and deliver it to the scheduler; it is durable on return.
 
         Waits up to ``timeout`` seconds while no scheduler instance takes deliveries (one
-        is restarting).
+        is restarting), or while the scheduler is ``MAX_AHEAD`` submits behind: callers
+        must not outrun it, or every question asked of it would queue behind the backlog.
 
         Raises:
             StoreError: the record is not JSON, or the journal cannot be written (nothing
                 is appended or delivered).
             RuntimeStopped: the runtime stopped, or no scheduler came back in time.
+            TimeoutError: the scheduler did not catch up in time (nothing is queued).
         """
         line = _line(record)
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._deliver is None:
+            while self._deliver is None or self._ahead >= MAX_AHEAD:
                 if self._closed:
                     raise RuntimeStopped("the runtime is stopped")
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise RuntimeStopped(f"the scheduler did not come back within {timeout:g} s")
+                    if self._deliver is None:
+                        raise RuntimeStopped(f"the scheduler did not come back within {timeout:g} s")
+                    raise TimeoutError(f"the scheduler is {self._ahead} submits behind and did not catch "
+                                       f"up within {timeout:g} s; nothing was queued")
                 self._cond.wait(left)
             self._append(line)
-            self._appended += 1
+            self._uncommitted.append(len(line))
             if callbacks != (None, None):
                 self._callbacks[record.id] = callbacks
             try:
@@ -142,6 +161,8 @@ class SubmitJournal:
                 # The line is here, and the next instance replays it, callbacks and all.
                 logger.warning("submit journal: job %s waits for the next scheduler instance (%s)", record.id, e)
                 self._deliver = None
+            else:
+                self._ahead += 1
 
     def _append(self, data: bytes) -> None:
         assert self._fd is not None  # open while deliveries are taken
@@ -180,10 +201,14 @@ class SubmitJournal:
                 raise StoreError(f"cannot read the submit journal {self.path}: {e.strerror or e}") from e
             records, bad = parse(data)
             if bad:
-                logger.warning("submit journal %s: %d unreadable line(s) skipped (torn by a kill, or damaged)", self.path, bad)
+                logger.warning("submit journal %s: %d unreadable line(s) skipped (torn by a kill, or damaged)",
+                               self.path, bad)
             if records:
                 insert(records)
-            self._empty()
+            self._uncommitted.clear()  # all in the store now
+            self._committed_bytes = self._size
+            self._drop_committed()
+            self._ahead = 0  # what the last instance was told and did not accept is in the store too
             callbacks = {r.id: self._callbacks[r.id] for r in records if r.id in self._callbacks}
             self._callbacks.clear()
             self._deliver = deliver
@@ -193,19 +218,25 @@ class SubmitJournal:
     def accepted(self, job_id: str) -> Callbacks:
         """The scheduler accepted a delivered job: its callbacks (taken from here)."""
         with self._cond:
+            self._ahead -= 1
+            if self._ahead == MAX_AHEAD // 2:  # submitters held back may go on (once per half)
+                self._cond.notify_all()
             return self._callbacks.pop(job_id, (None, None))
 
     def committed(self, count: int) -> None:
-        """The scheduler committed ``count`` more delivered jobs to the store."""
+        """The scheduler committed the next ``count`` delivered jobs to the store."""
         with self._cond:
-            self._committed += count
-            if self._committed >= self._appended and self._size >= EMPTY_AT:
-                self._empty()
+            for _ in range(min(count, len(self._uncommitted))):
+                self._committed_bytes += self._uncommitted.popleft()
+            if self._committed_bytes >= EMPTY_AT:
+                self._drop_committed()
 
-    def stop_delivery(self) -> None:
-        """The scheduler instance is failing or stopping: deliver nothing more to it."""
+    def stop_delivery(self, deliver: Deliver) -> None:
+        """The scheduler instance that delivers to ``deliver`` is failing or stopping:
+        deliver nothing more to it (a later instance's deliveries stay)."""
         with self._cond:
-            self._deliver = None
+            if self._deliver is deliver:
+                self._deliver = None
 
     def close(self) -> None:
         """No more submits (the runtime stopped); those waiting get ``RuntimeStopped``."""
@@ -217,13 +248,29 @@ class SubmitJournal:
                 os.close(self._fd)
                 self._fd = None
 
-    def _empty(self) -> None:
-        if self._size and self._fd is not None:
-            try:
+    def _drop_committed(self) -> None:
+        """Cut the lines of committed jobs off the front of the journal."""
+        if not self._committed_bytes or self._fd is None:
+            return
+        try:
+            if self._committed_bytes >= self._size:  # nothing else in it: the cheap way
                 os.ftruncate(self._fd, 0)
-            except OSError:  # the lines stay; a start-up skips the jobs the store has
-                logger.exception("submit journal %s could not be emptied", self.path)
-                return
-            self._size = 0
-        self._appended = self._committed = 0
-
+                self._size = 0
+            else:  # the jobs not committed yet go to a new file, which replaces this one at once
+                tail = os.pread(self._fd, self._size - self._committed_bytes, self._committed_bytes)
+                spare = self.path.with_name(self.path.name + ".new")
+                out = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                try:
+                    written = 0
+                    while written < len(tail):
+                        written += os.write(out, tail[written:])
+                finally:
+                    os.close(out)
+                os.replace(spare, self.path)
+                old, self._fd = self._fd, self._open()
+                os.close(old)
+                self._size = len(tail)
+        except OSError:  # the lines stay; a start-up skips the jobs the store has
+            logger.exception("submit journal %s: committed jobs could not be cut off", self.path)
+            return
+        self._committed_bytes = 0

@@ -21,6 +21,7 @@ from typing import Any
 import pykka
 import pytest
 
+import actors.scheduler
 from actors.base import tell_ref
 from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
@@ -516,6 +517,43 @@ def test_submits_racing_scheduler_restarts_are_each_accepted_once(
     assert sorted(helpers.CALLS, key=int) == [str(n) for n in range(len(jobs))]  # each ran once
     wait_until(lambda: len(ends) == len(jobs), message="an on_done given to submit was lost")
     assert set(ends.values()) == {1}
+
+
+def test_a_scheduler_that_fails_to_start_leaves_replayed_callbacks_to_the_next(
+    start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = start_runtime(registry, backoff_min=0.001, backoff_max=0.01, **quiet())
+    done: list[dict[str, Any]] = []
+    job: list[str] = []
+    hand_over = actors.scheduler.SchedulerActor._hand_over
+
+    def submit_while_it_dies(self: actors.scheduler.SchedulerActor) -> None:
+        # pykka marks a failing actor dead before its on_failure runs: a submit in that gap
+        # stays in the journal, with its on_done, for the next instance to replay.
+        if self._failed and not job:
+            submitter = threading.Thread(target=lambda: job.append(
+                rt.submit("record", {"token": "gap"}, on_done=done.append)))
+            submitter.start()
+            submitter.join(5)
+        hand_over(self)
+
+    recover = actors.scheduler.recover
+    failures = [StoreError("disk I/O error (simulated)")]
+
+    def recover_fails_once(*args: Any) -> Any:  # the next instance fails after replaying the journal
+        if failures:
+            raise failures.pop()
+        return recover(*args)
+
+    monkeypatch.setattr(actors.scheduler.SchedulerActor, "_hand_over", submit_while_it_dies)
+    monkeypatch.setattr(actors.scheduler, "recover", recover_fails_once)
+    old = inject_fault(rt, "scheduler")
+    wait_until(lambda: replaced(rt, "scheduler", old) and not failures, message="scheduler not restarted")
+    assert job, "the submit made while the scheduler failed did not return"
+    assert rt.wait_job(job[0], timeout=10)["status"] == "succeeded"
+    wait_until(lambda: len(done) == 1, message="the on_done of a replayed job was lost with a failed start")
+    assert rt.run("record", {"token": "after"}, timeout=5)["status"] == "succeeded"  # the store is still open
+    assert helpers.CALLS == ["gap", "after"]
 
 
 def test_a_submit_that_cannot_be_written_fails_and_queues_nothing(

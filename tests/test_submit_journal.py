@@ -64,7 +64,7 @@ def test_a_new_instance_replays_the_journal_and_gets_the_callbacks_no_instance_t
     journal.submit(a, SCRIPT, (progress, on_done), 1)
     journal.submit(b, SCRIPT, (None, on_done), 1)
     assert journal.accepted(b.id) == (None, on_done)  # it handled b's Submitted, not a's
-    journal.stop_delivery()
+    journal.stop_delivery(_nothing)
     inserted: list[JobRecord] = []
     assert journal.take_over(_nothing, inserted.extend) == {a.id: (progress, on_done)}
     assert inserted == [a, b]  # the scheduler skips what its store has
@@ -90,7 +90,7 @@ def test_a_failed_replay_changes_nothing_and_takes_no_deliveries(journal: Submit
     journal.take_over(_nothing, _nothing)
     a = _record()
     journal.submit(a, SCRIPT, (None, None), 1)
-    journal.stop_delivery()
+    journal.stop_delivery(_nothing)
 
     def failing(_records: list[JobRecord]) -> None:
         raise StoreError("disk I/O error (simulated)")
@@ -107,7 +107,7 @@ def test_torn_and_damaged_lines_are_skipped(journal: SubmitJournal, caplog: pyte
     a, b = _record(1), _record(2)
     journal.submit(a, SCRIPT, (None, None), 1)
     journal.submit(b, SCRIPT, (None, None), 1)
-    journal.stop_delivery()
+    journal.stop_delivery(_nothing)
     lines = journal.path.read_bytes().splitlines(keepends=True)
     damaged = lines[0].replace(b'"n":1', b'"n":7')  # the CRC no longer matches
     journal.path.write_bytes(damaged + lines[1] + lines[1][:40])  # and a line cut by a kill
@@ -117,7 +117,7 @@ def test_torn_and_damaged_lines_are_skipped(journal: SubmitJournal, caplog: pyte
     assert "2 unreadable line(s)" in caplog.text
 
 
-def test_the_journal_is_emptied_once_everything_in_it_is_committed(
+def test_committed_jobs_are_cut_off_and_the_rest_stays(
     journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(submit_journal, "EMPTY_AT", 1)
@@ -126,11 +126,12 @@ def test_the_journal_is_emptied_once_everything_in_it_is_committed(
     journal.submit(a, SCRIPT, (None, None), 1)
     journal.submit(b, SCRIPT, (None, None), 1)
     journal.committed(1)
-    assert _ids(journal.path) == [a.id, b.id]  # b is not in the store yet
-    journal.committed(1)
-    assert journal.path.read_bytes() == b""
+    assert _ids(journal.path) == [b.id]  # a is in the store; b is not yet
     journal.submit(c, SCRIPT, (None, None), 1)
-    assert _ids(journal.path) == [c.id]
+    assert _ids(journal.path) == [b.id, c.id]  # appended to the new file
+    journal.committed(2)
+    assert journal.path.read_bytes() == b""
+    assert not journal.path.with_name("submits.journal.new").exists()
 
 
 def test_the_journal_is_kept_until_it_is_worth_emptying(journal: SubmitJournal) -> None:
@@ -155,12 +156,16 @@ def test_a_submit_waits_for_a_scheduler_and_fails_once_the_runtime_stops(journal
             outcomes.append(e)
 
     delivered: list[str] = []
+
+    def deliver(record: JobRecord, script: Script) -> None:
+        delivered.append(record.id)
+
     first = threading.Thread(target=submit, args=(a := _record(1),))
     first.start()
-    journal.take_over(lambda record, script: delivered.append(record.id), _nothing)
+    journal.take_over(deliver, _nothing)
     first.join(5)
     assert outcomes == [a.id] and delivered == [a.id]
-    journal.stop_delivery()
+    journal.stop_delivery(deliver)
     second = threading.Thread(target=submit, args=(_record(2),))
     second.start()
     journal.close()
@@ -222,3 +227,33 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) ->
     assert "cannot write the submit journal" in message and "too large" in message
     records, bad = parse((tmp_path / "submits.journal").read_bytes())
     assert bad == 0 and len(records) == int(accepted) > 0  # every accepted job, nothing else
+
+
+def test_a_late_withdrawal_leaves_the_next_instance_its_deliveries(journal: SubmitJournal) -> None:
+    def old(record: JobRecord, script: Script) -> None:
+        return None
+
+    delivered: list[str] = []
+    journal.take_over(old, _nothing)
+    journal.take_over(lambda record, script: delivered.append(record.id), _nothing)  # its successor
+    journal.stop_delivery(old)  # the old instance's clean-up comes late
+    a = _record()
+    journal.submit(a, SCRIPT, (None, None), 1)
+    assert delivered == [a.id]
+
+
+def test_submitters_wait_while_the_scheduler_is_too_far_behind(
+    journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(submit_journal, "MAX_AHEAD", 2)
+    delivered: list[str] = []
+    journal.take_over(lambda record, script: delivered.append(record.id), _nothing)
+    a, b, c = _record(1), _record(2), _record(3)
+    journal.submit(a, SCRIPT, (None, None), 1)
+    journal.submit(b, SCRIPT, (None, None), 1)
+    with pytest.raises(TimeoutError, match="2 submits behind"):
+        journal.submit(c, SCRIPT, (None, None), 0.01)
+    assert _ids(journal.path) == [a.id, b.id]  # nothing appended for c
+    journal.accepted(a.id)  # half the backlog is taken: submitters may go on
+    journal.submit(c, SCRIPT, (None, None), 1)
+    assert delivered == [a.id, b.id, c.id]
