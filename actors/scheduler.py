@@ -151,6 +151,9 @@ class SchedulerActor(SupervisedActor):
             self._failed = True
             self._release()
             self.core = None
+            for job_id, fn, _status in self._unflushed:  # waiters it took for jobs that had ended
+                self._waiters[job_id].append(fn)
+            self._unflushed = []
             raise
 
     def _take_over(self) -> None:
