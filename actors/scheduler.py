@@ -409,9 +409,16 @@ class SchedulerActor(SupervisedActor):
                 self._commit_soon(core)
 
     def _commit_soon(self, core: SchedulerCore) -> None:
-        """Commit now, or at the end of the commit window while attempts are running."""
-        wait = self._last_commit + COMMIT_WINDOW - time.monotonic()
+        """Commit now, or at the end of the commit window while attempts are running; or
+        later, when all that is pending is new jobs from the submit journal and their
+        starts: those are on disk already (the journal, the workers' start marks), and
+        the commit of the next change that is not carries them. (An end, a cancel or a
+        retry of such a job is not on disk: it is committed as any other change.)"""
         changes = len(core.dirty) + len(core.added)
+        if core.added and not self._unflushed and changes < FLUSH_BATCH and all(
+                job_id in core.added and record.state is JobState.RUNNING for job_id, record in core.dirty.items()):
+            return
+        wait = self._last_commit + COMMIT_WINDOW - time.monotonic()
         if not changes or not core.running or wait <= 0 or changes >= FLUSH_BATCH:
             self._flush_quietly()
         elif not self._commit_armed:
