@@ -51,16 +51,9 @@ FLUSH_RETRY = 0.5
 COMMIT_WINDOW = 0.002
 
 
-def job_status(record: JobRecord, snapshot: bool = True) -> dict[str, Any]:
-    """The status dict users see: state, attempts, progress, result, error, timestamps.
-
-    Args:
-        snapshot: copy the nested values (the record lives on in the scheduler). A record
-            the scheduler is done with may share them instead.
-    """
-    data = record.to_dict()
-    if snapshot:
-        data = _copy_json(data)
+def job_status(record: JobRecord) -> dict[str, Any]:
+    """The status dict users see: state, attempts, progress, result, error, timestamps."""
+    data = _copy_json(record.to_dict())  # a snapshot: the record lives on in the scheduler
     data["status"] = data["state"]
     data["job_id"] = data.pop("id")
     return data
@@ -688,9 +681,7 @@ class SchedulerActor(SupervisedActor):
         self._progress_callbacks.pop(job_id, None)
         waiters = self._waiters.pop(job_id, [])
         if waiters:
-            # A finished record changes no more, and its waiters run after its commit has
-            # encoded it: they may share its values rather than get a copy.
-            status = job_status(record, snapshot=False) if record is not None else self.status(job_id)
+            status = job_status(record) if record is not None else self.status(job_id)
             if status is None:
                 return
             # Held back until the final state is committed: a waiter must never see
