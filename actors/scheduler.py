@@ -30,7 +30,7 @@ from runtime.messages import (
 from runtime.python_process import START_TIMEOUT
 from runtime.registry import Script, load_registry
 from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory
-from runtime.start_marks import apply_marks, read_marks
+from runtime.start_marks import StartMark, apply_marks, read_marks
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
 from runtime.submit_journal import SubmitJournal
 
@@ -49,6 +49,9 @@ FLUSH_RETRY = 0.5
 #: While attempts are running (more reports are on their way), commits are at least this
 #: many seconds apart: a burst of short jobs shares commits instead of paying one per end.
 COMMIT_WINDOW = 0.002
+#: Seconds within which new journalled jobs and their starts are committed when nothing
+#: else needs a commit (they are on disk already; this bounds how long they are only there).
+JOURNALLED_COMMIT_DELAY = 0.05
 
 
 def job_status(record: JobRecord) -> dict[str, Any]:
@@ -135,7 +138,7 @@ class SchedulerActor(SupervisedActor):
         # The commit window runs on real time even under a test's fake clock: it only
         # batches commits, and a fake clock would hold them back until the test moved it.
         self._commit_clock = SystemClock()
-        self._commit_armed = False
+        self._commit_due: float | None = None  # when the armed commit timer fires (monotonic)
         self._last_commit = 0.0
         # Completion waiters whose job's final state is not committed yet.
         self._unflushed: list[tuple[str, Callable[[dict[str, Any]], Any], dict[str, Any]]] = []
@@ -180,6 +183,8 @@ class SchedulerActor(SupervisedActor):
         # Attempts of the failed instance whose worker is still the same live actor
         # carry on: that worker's report comes here. The others were lost with it.
         live = {job_id: run for job_id, run in memory.running.items() if self._worker_alive(run.worker)}
+        if live:  # the last commit may not have carried their starts (a journalled job's is deferred)
+            apply_marks(memory.store, [StartMark(job_id, run.attempt, run.started_at) for job_id, run in live.items()])
         pending = recover(memory.store, {job_id: run.attempt for job_id, run in live.items()})
         for record in pending:
             if record.state is JobState.RUNNING:
@@ -334,6 +339,9 @@ class SchedulerActor(SupervisedActor):
             self._cancel_timer(job_id)
             self._ended(job_id, record)
             self._dispatch()
+            # Committed before the answer, not in the commit window: a job cancelled and
+            # then recovered from the journal or the store would run after all.
+            self._flush_quietly()
         return cancelled
 
     def when_done(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> bool:
@@ -410,21 +418,30 @@ class SchedulerActor(SupervisedActor):
 
     def _commit_soon(self, core: SchedulerCore) -> None:
         """Commit now, or at the end of the commit window while attempts are running; or
-        later, when all that is pending is new jobs from the submit journal and their
-        starts: those are on disk already (the journal, the workers' start marks), and
-        the commit of the next change that is not carries them. (An end, a cancel or a
-        retry of such a job is not on disk: it is committed as any other change.)"""
+        within ``JOURNALLED_COMMIT_DELAY`` when all that is pending is new jobs from the
+        submit journal and their starts: those are on disk already (the journal, the
+        workers' start marks), and the commit of the next other change usually carries
+        them. (An end, a cancel or a retry of such a job is not on disk: it is committed
+        as any other change.)"""
+        now = time.monotonic()
         changes = len(core.dirty) + len(core.added)
         if core.added and not self._unflushed and changes < FLUSH_BATCH and all(
                 job_id in core.added and record.state is JobState.RUNNING for job_id, record in core.dirty.items()):
+            self._commit_by(now + JOURNALLED_COMMIT_DELAY)
             return
-        wait = self._last_commit + COMMIT_WINDOW - time.monotonic()
+        wait = self._last_commit + COMMIT_WINDOW - now
         if not changes or not core.running or wait <= 0 or changes >= FLUSH_BATCH:
             self._flush_quietly()
-        elif not self._commit_armed:
-            self._commit_armed = True
-            me = self.actor_ref
-            self._commit_clock.call_later(wait, lambda: _tell(me, FlushDue()))
+        else:
+            self._commit_by(now + wait)
+
+    def _commit_by(self, due: float) -> None:
+        """Make sure a commit comes by ``due``: a timer already armed for sooner will do."""
+        if self._commit_due is not None and self._commit_due <= due:
+            return
+        self._commit_due = due
+        me = self.actor_ref
+        self._commit_clock.call_later(due - time.monotonic(), lambda: _tell(me, FlushDue()))
 
     def _flush_quietly(self) -> None:
         """Flush; a store that fails is logged and the changes stay pending for the next
@@ -479,7 +496,9 @@ class SchedulerActor(SupervisedActor):
         elif isinstance(message, DeadlinePassed):
             self._deadlines_due()
         elif isinstance(message, FlushDue):
-            self._flush_retry_armed = self._commit_armed = False
+            self._flush_retry_armed = False
+            if self._commit_due is not None and self._commit_due <= time.monotonic():
+                self._commit_due = None  # that timer has fired (a later one may still come)
             self._flush_quietly()
         elif isinstance(message, ChildDown):
             self._worker_refs.pop(message.name, None)

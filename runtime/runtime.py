@@ -373,6 +373,8 @@ class Runtime:
             PoolError: an ``sql`` script's database pool does not exist (nothing is queued).
             StoreError: the job could not be written (nothing is queued).
             RuntimeStopped: the runtime stopped.
+            TimeoutError: the scheduler stayed 256 submits behind for ``ask_timeout``
+                seconds (nothing is queued).
         """
         level = _priority(priority)
         if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)

@@ -69,6 +69,7 @@ class Running:
     worker: str
     attempt: int
     cancel: CancelSlot = field(default_factory=CancelSlot)
+    started_at: float = 0.0  # wall-clock time the attempt was dispatched
 
 
 @dataclass
@@ -267,7 +268,7 @@ class SchedulerCore:
             record.progress = None
             record.updated_at = now
             self.dirty[record.id] = record
-            run = self.running[job_id] = Running(worker, attempt)
+            run = self.running[job_id] = Running(worker, attempt, started_at=now)
             starts.append(Dispatch(worker, record, attempt, run.cancel))
         return starts
 

@@ -30,6 +30,10 @@ This is the one place where client threads and the scheduler share state; the lo
 guards the file, the delivery target and the callbacks, and is held for a ``write``
 and a ``tell``.
 
+Durability is that of the store (``synchronous=NORMAL``): a job survives the process
+being killed, as the page cache keeps the file; an OS crash or a power loss may lose the
+last ones. Nothing here calls ``fsync``.
+
 Layout: one line per job, ``<crc32 of the JSON, hex> <the JobRecord as JSON>``. A line
 torn by a kill in the middle of a write fails its CRC and is skipped: its submit never
 returned.
@@ -259,17 +263,23 @@ class SubmitJournal:
             else:  # the jobs not committed yet go to a new file, which replaces this one at once
                 tail = os.pread(self._fd, self._size - self._committed_bytes, self._committed_bytes)
                 spare = self.path.with_name(self.path.name + ".new")
-                out = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+                out = os.open(spare, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
                 try:
                     written = 0
                     while written < len(tail):
                         written += os.write(out, tail[written:])
-                finally:
+                    os.replace(spare, self.path)
+                except BaseException:
                     os.close(out)
-                os.replace(spare, self.path)
-                old, self._fd = self._fd, self._open()
-                os.close(old)
-                self._size = len(tail)
+                    raise
+                # The new file is the journal from here on, through the descriptor already
+                # open on it (a reopen that failed would leave appends in a file with no name).
+                old, self._fd, self._size, self._committed_bytes = self._fd, out, len(tail), 0
+                try:
+                    os.close(old)
+                except OSError:
+                    logger.warning("submit journal %s: closing the replaced file failed", self.path)
+                return
         except OSError:  # the lines stay; a start-up skips the jobs the store has
             logger.exception("submit journal %s: committed jobs could not be cut off", self.path)
             return

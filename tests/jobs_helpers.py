@@ -140,3 +140,11 @@ def maybe_block(n: int) -> int:
         threading.Event().wait()
     CALLS.append(str(n))
     return n
+
+
+def append_after_release(name: str, items: list[str]) -> None:
+    """``block``, then append to its own argument in place, and signal ``started(name + "-done")``."""
+    started(name).set()
+    gate(name).wait(30.0)
+    items.append("appended after the release")
+    started(name + "-done").set()

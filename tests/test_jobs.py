@@ -70,6 +70,7 @@ SCRIPTS = [
     py("report", "report", {"token": STR}),
     py("block_then_report", "block_then_report", {"name": STR}),
     py("maybe_block", "maybe_block", {"n": {"type": "integer", "required": True}}),
+    py("append_after_release", "append_after_release", {"name": STR, "items": {"type": "array", "required": True}}),
     py("die", "die", max_retries=1),
     py("stored_running", "stored_running", {"store": STR}),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
@@ -564,6 +565,60 @@ def test_a_scheduler_that_fails_to_start_leaves_replayed_callbacks_to_the_next(
     assert helpers.CALLS == ["gap", "after"]
 
 
+def test_a_running_job_from_the_journal_is_not_run_twice_when_the_last_commit_fails(
+    start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The start of a job from the journal is committed later than it happens; the failed
+    # scheduler's last commit fails too, so the store still has the job queued: the next
+    # instance must still see that a live worker runs it.
+    rt = start_runtime(registry, job_concurrency=2, backoff_min=0.001, backoff_max=0.01, **quiet())
+    job = rt.submit("block", {"name": "b"})
+    assert helpers.started("b").wait(5)
+    hand_over = actors.scheduler.SchedulerActor._hand_over
+    failing = [True]
+
+    def hand_over_with_a_failing_commit(self: actors.scheduler.SchedulerActor) -> None:
+        store = self.memory.store
+        assert store is not None
+        write = store.write
+        if failing:
+            failing.pop()
+
+            def locked(*_: Any) -> None:
+                raise StoreError("database is locked (simulated)")
+
+            store.write = locked  # type: ignore[method-assign]
+        try:
+            hand_over(self)
+        finally:
+            store.write = write  # type: ignore[method-assign]
+
+    monkeypatch.setattr(actors.scheduler.SchedulerActor, "_hand_over", hand_over_with_a_failing_commit)
+    old = inject_fault(rt, "scheduler")
+    wait_until(lambda: replaced(rt, "scheduler", old) and not failing, message="scheduler not restarted")
+    helpers.release("b")
+    final = rt.wait_job(job, timeout=10)
+    assert final["status"] == "succeeded" and [a["status"] for a in final["attempts"]] == ["succeeded"]
+    wait_until(lambda: rt.queue_stats()["idle_workers"] == 2, message="workers not idle again")
+    assert helpers.CALLS == ["b"], "the job ran twice"
+
+
+def test_a_status_given_to_on_done_does_not_change_under_the_caller(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # A cancelled job on a worker thread cannot be stopped: it runs on, and may change
+    # its own arguments in place after its on_done has had the status.
+    rt = start_runtime(registry, **quiet())
+    done: list[dict[str, Any]] = []
+    job = rt.submit("append_after_release", {"name": "m", "items": ["a"]}, on_done=done.append)
+    assert helpers.started("m").wait(5)
+    assert rt.cancel(job)
+    wait_until(lambda: len(done) == 1, message="no on_done")
+    helpers.release("m")
+    assert helpers.started("m-done").wait(5)
+    assert done[0]["arguments"] == {"name": "m", "items": ["a"]}
+
+
 def test_a_submit_that_cannot_be_written_fails_and_queues_nothing(
     start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
 ) -> None:
@@ -1014,12 +1069,13 @@ def test_a_second_runtime_on_the_same_store_is_refused_clearly(
     folder = tmp_path / "jobs"
     first = start_runtime(registry, job_storage_path=folder, **quiet())
     job = first.submit("record", {"token": "one"})
+    assert first.wait_job(job, 10)["status"] == "succeeded"  # (the first one's threads are all up now)
     threads = threading.active_count()
     with pytest.raises(StoreError, match=re.escape(f"job store {folder} is in use by another runtime "
                                                    f"(pid {os.getpid()})")):
         Runtime.start(registry, job_storage_path=folder, **quiet())
     assert threading.active_count() == threads  # the refused one left no thread behind
-    assert first.wait_job(job, 10)["status"] == "succeeded"  # the first one is unharmed
+    assert first.run("record", {"token": "two"}, timeout=10)["status"] == "succeeded"  # the first one is unharmed
     first.stop()
     second = start_runtime(registry, job_storage_path=folder, **quiet())  # free again once stopped
     assert second.status(job)["status"] == "succeeded"

@@ -4,6 +4,8 @@ stored."""
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -257,3 +259,43 @@ def test_submitters_wait_while_the_scheduler_is_too_far_behind(
     journal.accepted(a.id)  # half the backlog is taken: submitters may go on
     journal.submit(c, SCRIPT, (None, None), 1)
     assert delivered == [a.id, b.id, c.id]
+
+
+def test_after_a_cut_submits_go_to_the_file_on_disk(journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The cut replaces the file: later appends must reach the new one, even when no new
+    # descriptor can be opened (too many open files).
+    monkeypatch.setattr(submit_journal, "EMPTY_AT", 1)
+    journal.take_over(_nothing, _nothing)
+    a, b, c = _record(1), _record(2), _record(3)
+    journal.submit(a, SCRIPT, (None, None), 1)
+    journal.submit(b, SCRIPT, (None, None), 1)
+
+    def no_descriptors(self: SubmitJournal) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(SubmitJournal, "_open", no_descriptors)
+    journal.committed(1)
+    journal.submit(c, SCRIPT, (None, None), 1)
+    assert _ids(journal.path) == [b.id, c.id]
+
+
+def test_a_failed_close_after_a_cut_loses_no_line(journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(submit_journal, "EMPTY_AT", 1)
+    journal.take_over(_nothing, _nothing)
+    a, b, c = _record(1), _record(2), _record(3)
+    journal.submit(a, SCRIPT, (None, None), 1)
+    journal.submit(b, SCRIPT, (None, None), 1)
+    replaced_fd = journal._fd
+    close = os.close
+
+    def failing_close(fd: int) -> None:
+        close(fd)
+        if fd == replaced_fd:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "close", failing_close)
+    journal.committed(1)  # a is cut off; closing the replaced file fails
+    monkeypatch.setattr(os, "close", close)
+    journal.submit(c, SCRIPT, (None, None), 1)
+    journal.committed(1)  # b is committed, c is not
+    assert _ids(journal.path) == [c.id]
