@@ -248,6 +248,9 @@ class SubmitJournal:
             self._closed = True
             self._deliver = None
             self._cond.notify_all()
+            if not self._uncommitted:  # all of it is in the store: leave nothing to read back
+                self._committed_bytes = self._size
+                self._drop_committed()
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None

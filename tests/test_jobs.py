@@ -480,6 +480,14 @@ def test_a_job_left_in_the_submit_journal_runs_at_the_next_start(
     rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
     assert rt.wait_job(record.id, timeout=5)["status"] == "succeeded"
     assert helpers.CALLS == ["left"]
+    more = rt.submit("record", {"token": "more"})
+    rt.stop()  # everything submitted is in the store now: the journal is left empty
+    assert (store_dir / "submits.journal").stat().st_size == 0
+    store = SqliteStore(store_dir)
+    try:
+        assert store.get(more) is not None  # finished, or queued for the next start
+    finally:
+        store.close()
 
 
 def test_submits_racing_scheduler_restarts_are_each_accepted_once(
