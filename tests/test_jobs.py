@@ -353,14 +353,16 @@ def test_every_job_succeeds_exactly_once_while_workers_crash(
 
 # --- the whole process killed -----------------------------------------------------------
 
-CHILD = textwrap.dedent("""
+KILLED_CHILD = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
     os.environ[{env!r}] = "1"
+    import actors.scheduler
     from runtime import Runtime
-    rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=2,
+    {setup}
+    rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency={workers},
                        watcher="polling", poll_interval=10**6)
-    for n in range(300):
+    for n in range({jobs}):
         sys.stdout.write(rt.submit("maybe_block", {{"n": n}}) + "\\n")  # one write: see maybe_block
         sys.stdout.flush()
     print("submitted", flush=True)
@@ -368,30 +370,38 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def test_jobs_survive_sigkill_of_the_runtime_process(start_runtime: Callable[..., Runtime], registry: Path,
-                                                     tmp_path: Path) -> None:
-    store_dir = tmp_path / "jobs"
-    code = CHILD.format(root=str(ROOT), env=helpers.BLOCK_ENV, registry=str(registry), store=str(store_dir))
+def _submit_then_sigkill(registry: Path, store_dir: Path, jobs: int, workers: int, setup: str = "") -> list[str]:
+    """A child runtime submits ``jobs`` jobs that block there; once all are submitted and
+    every worker runs one, it is killed with SIGKILL. Returns the job ids it printed."""
+    code = KILLED_CHILD.format(root=str(ROOT), env=helpers.BLOCK_ENV, registry=str(registry), store=str(store_dir),
+                               workers=workers, jobs=jobs, setup=setup)
     child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+                             stderr=subprocess.DEVNULL, text=True, cwd=store_dir.parent)
     try:
         assert child.stdout is not None
         lines: list[str] = []
         started = 0
-        for line in child.stdout:  # job ids, "submitted", and "started <n>" from the two workers
+        for line in child.stdout:  # job ids, "submitted", and "started <n>" from the workers
             started += line.startswith("started")
             lines.append(line.strip())
-            if started == 2 and "submitted" in lines:
+            if started == workers and "submitted" in lines:
                 break
-        assert started == 2 and "submitted" in lines, lines[-5:]
+        assert started == workers and "submitted" in lines, lines[-5:]
         child.send_signal(signal.SIGKILL)
         assert child.wait(10) == -signal.SIGKILL
     finally:
         if child.poll() is None:
             child.kill()
             child.wait(10)
-    jobs = [line for line in lines if line != "submitted" and not line.startswith("started")]
-    assert len(jobs) == 300 and len(set(jobs)) == 300
+    ids = [line for line in lines if line != "submitted" and not line.startswith("started")]
+    assert len(ids) == jobs and len(set(ids)) == jobs
+    return ids
+
+
+def test_jobs_survive_sigkill_of_the_runtime_process(start_runtime: Callable[..., Runtime], registry: Path,
+                                                     tmp_path: Path) -> None:
+    store_dir = tmp_path / "jobs"
+    jobs = _submit_then_sigkill(registry, store_dir, jobs=300, workers=2)
     # Every accepted job is on disk: in the store, or still only in the submit journal.
     assert set(jobs) <= _stored_ids(store_dir) | _journalled_ids(store_dir)
     rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=4, **quiet())
@@ -420,44 +430,12 @@ def _journalled_ids(store_dir: Path) -> set[str]:
     return {r.id for r in records}
 
 
-JOURNAL_CHILD = textwrap.dedent("""
-    import os, sys
-    sys.path.insert(0, {root!r})
-    os.environ[{env!r}] = "1"
-    import actors.scheduler
-    from runtime import Runtime
-    actors.scheduler.COMMIT_WINDOW = 60.0  # while a job runs, nothing more is committed
-    rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=1,
-                       watcher="polling", poll_interval=10**6)
-    for n in range(50):
-        sys.stdout.write(rt.submit("maybe_block", {{"n": n}}) + "\\n")  # one write: see maybe_block
-        sys.stdout.flush()
-    print("submitted", flush=True)
-    sys.stdin.read()  # wait to be killed
-""")
-
-
 def test_jobs_only_in_the_submit_journal_run_after_a_sigkill(start_runtime: Callable[..., Runtime],
                                                               registry: Path, tmp_path: Path) -> None:
     store_dir = tmp_path / "jobs"
-    code = JOURNAL_CHILD.format(root=str(ROOT), env=helpers.BLOCK_ENV, registry=str(registry), store=str(store_dir))
-    child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
-    try:
-        assert child.stdout is not None
-        lines: list[str] = []
-        for line in child.stdout:
-            lines.append(line.strip())
-            if "submitted" in lines and any(x.startswith("started") for x in lines):
-                break
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(10) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
-    jobs = [line for line in lines if line != "submitted" and not line.startswith("started")]
-    assert len(jobs) == 50
+    # While a job runs, nothing more is committed: the others stay only in the journal.
+    setup = "actors.scheduler.COMMIT_WINDOW = actors.scheduler.JOURNALLED_COMMIT_DELAY = 60.0"
+    jobs = _submit_then_sigkill(registry, store_dir, jobs=50, workers=1, setup=setup)
     only_journalled = set(jobs) - _stored_ids(store_dir)
     assert only_journalled and only_journalled <= _journalled_ids(store_dir), "no job was only in the journal"
     rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=2, **quiet())
