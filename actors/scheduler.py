@@ -340,7 +340,8 @@ class SchedulerActor(SupervisedActor):
             self._ended(job_id, record)
             self._dispatch()
             # Committed before the answer, not in the commit window: a job cancelled and
-            # then recovered from the journal or the store would run after all.
+            # then recovered from the journal or the store would run after all. (A store
+            # that fails here is logged and tried again in FLUSH_RETRY seconds.)
             self._flush_quietly()
         return cancelled
 

@@ -123,6 +123,9 @@ class SubmitJournal:
         self._committed_bytes = 0
         self._ahead = 0  # jobs delivered to the current instance and not accepted yet
         self._callbacks: dict[str, Callbacks] = {}
+        # A scheduler has put what the file held when it was opened into the store: until
+        # then, the lines a last process left are not known to be stored.
+        self._replayed = False
 
     def _open(self) -> int:
         return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -213,6 +216,7 @@ class SubmitJournal:
             self._committed_bytes = self._size
             self._drop_committed()
             self._ahead = 0  # what the last instance was told and did not accept is in the store too
+            self._replayed = True
             callbacks = {r.id: self._callbacks[r.id] for r in records if r.id in self._callbacks}
             self._callbacks.clear()
             self._deliver = deliver
@@ -248,7 +252,7 @@ class SubmitJournal:
             self._closed = True
             self._deliver = None
             self._cond.notify_all()
-            if not self._uncommitted:  # all of it is in the store: leave nothing to read back
+            if self._replayed and not self._uncommitted:  # all of it is in the store: leave nothing to read back
                 self._committed_bytes = self._size
                 self._drop_committed()
             if self._fd is not None:

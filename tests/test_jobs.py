@@ -25,7 +25,8 @@ import actors.scheduler
 from actors.base import tell_ref
 from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
-from runtime.errors import ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, ScriptNotFound, StoreError
+from runtime.errors import (ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, ScriptNotFound, StoreError,
+                            SupervisorEscalated)
 from runtime.messages import CancelSlot, RunJob
 from runtime.registry import Script
 from runtime.start_marks import StartMarker, marks_folder
@@ -504,6 +505,27 @@ def test_submits_racing_scheduler_restarts_are_each_accepted_once(
     assert sorted(helpers.CALLS, key=int) == [str(n) for n in range(len(jobs))]  # each ran once
     wait_until(lambda: len(ends) == len(jobs), message="an on_done given to submit was lost")
     assert set(ends.values()) == {1}
+
+
+def test_a_runtime_that_fails_to_start_keeps_the_journal_the_last_process_left(
+    registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store_dir = tmp_path / "jobs"
+    journal = SubmitJournal(store_dir)  # a process killed before the commit of this job
+    journal.take_over(lambda record, script: None, lambda records: None)
+    record = JobRecord.new("record", {"token": "left"})
+    journal.submit(record, Script("record"), (None, None), 1)
+    journal.stop_delivery(lambda record, script: None)
+
+    def disk_full(self: actors.scheduler.SchedulerActor, records: Any) -> None:
+        raise StoreError("database or disk is full (simulated)")
+
+    with monkeypatch.context() as patch:  # the store cannot take the journal's jobs: the start fails
+        patch.setattr(actors.scheduler.SchedulerActor, "_insert_journalled", disk_full)
+        with pytest.raises(SupervisorEscalated, match="disk is full"):
+            Runtime.start(registry, job_storage_path=store_dir, max_restarts=1, backoff_min=0.001, **quiet())
+    assert _journalled_ids(store_dir) == {record.id}  # still there for the next start
+    journal.close()
 
 
 def test_a_scheduler_that_fails_to_start_leaves_replayed_callbacks_to_the_next(
