@@ -205,7 +205,7 @@ class SchedulerActor(SupervisedActor):
                 self._arm_retry(job_id, delay)
         for job_id in [j for j in self._waiters if j not in core.jobs]:
             self._ended(job_id, None)  # finished while no scheduler was listening
-        core.flush()
+        self._flush()  # and their waiters run now, not with the next message (workers may all be busy)
         memory.running = {}  # taken over (a failure before this leaves them to the next instance)
         for name in self.context.directory.names():
             if name.startswith("worker-"):
