@@ -5,7 +5,7 @@ costs two thread hand-offs and a commit (about 270 µs here, most of it waiting)
 the journal, the caller appends the job to ``<job store folder>/submits.journal``
 (one ``write``: like the store's commits it survives ``kill -9``, as the page cache
 keeps it) and tells the scheduler, then returns. The scheduler inserts the jobs with
-its next group commit, and the journal is emptied once all it holds is committed.
+its group commits, and the lines of committed jobs are cut off the journal.
 
 Why no job is lost or accepted twice:
 
@@ -56,7 +56,7 @@ from runtime.errors import RuntimeStopped, StoreError
 from runtime.registry import Script
 from runtime.store import JobRecord, encode_record
 
-__all__ = ["SubmitJournal", "Callbacks"]
+__all__ = ["Callbacks", "SubmitJournal", "parse"]
 
 logger = logging.getLogger(__name__)
 
