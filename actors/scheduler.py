@@ -29,7 +29,7 @@ from runtime.messages import (
 )
 from runtime.python_process import START_TIMEOUT
 from runtime.registry import Script, load_registry
-from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory
+from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory, new_job
 from runtime.start_marks import StartMark, apply_marks, read_marks
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
 from runtime.submit_journal import SubmitJournal
@@ -169,11 +169,8 @@ class SchedulerActor(SupervisedActor):
             me = self.actor_ref
             self._deliver = lambda record, script: me.tell(Submitted(record, script))
             replayed = self._journal.take_over(self._deliver, self._insert_journalled)
-            for job_id, (progress, on_done) in replayed.items():  # their Submitted died with an instance
-                if progress is not None:
-                    self._progress_callbacks[job_id] = progress
-                if on_done is not None:
-                    self._waiters[job_id].append(on_done)
+            for job_id, callbacks in replayed.items():  # their Submitted died with an instance
+                self._keep_callbacks(job_id, *callbacks)
         if self._marks is not None and not memory.marks_applied:  # attempts the last process did not store
             apply_marks(memory.store, read_marks(self._marks))
             memory.marks_applied = True
@@ -226,8 +223,7 @@ class SchedulerActor(SupervisedActor):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
+        self._stop_deadline_timer()
         self._commit_clock.close()
 
     def _hand_over(self) -> None:
@@ -271,8 +267,7 @@ class SchedulerActor(SupervisedActor):
         ``when_done`` would, without a second ask.
         """
         (job_id,) = self._accept([(script, arguments)], priority, max_retries, on_done)
-        if callback is not None:
-            self._progress_callbacks[job_id] = callback
+        self._keep_callbacks(job_id, callback, None)
         return job_id
 
     def submit_many(self, jobs: list[tuple[Script, dict[str, Any]]], priority: int = 1,
@@ -286,12 +281,10 @@ class SchedulerActor(SupervisedActor):
         records = []
         for script, arguments in jobs:
             self._remember(script)
-            retries = script.max_retries if max_retries is None else max_retries
-            records.append(JobRecord.new(script.id, arguments, priority=priority, max_retries=retries))
+            records.append(new_job(script, arguments, priority, max_retries))
         self._core().accept(*records)
-        if on_done is not None:
-            for record in records:
-                self._waiters[record.id].append(on_done)
+        for record in records:
+            self._keep_callbacks(record.id, None, on_done)
         self._dispatch(commit=[record.id for record in records])
         return [record.id for record in records]
 
@@ -301,12 +294,17 @@ class SchedulerActor(SupervisedActor):
         self._remember(script)
         self._core().accept(record)
         self._journalled += 1
-        progress, on_done = self._journal.accepted(record.id)
-        if progress is not None:
-            self._progress_callbacks[record.id] = progress
-        if on_done is not None:
-            self._waiters[record.id].append(on_done)
+        self._keep_callbacks(record.id, *self._journal.accepted(record.id))
         self._dispatch()
+
+    def _keep_callbacks(self, job_id: str, progress: Callable[..., Any] | None,
+                        on_done: Callable[[dict[str, Any]], Any] | None) -> None:
+        """Remember a job's progress callback and completion waiter (in the memory a
+        restarted instance takes over)."""
+        if progress is not None:
+            self._progress_callbacks[job_id] = progress
+        if on_done is not None:
+            self._waiters[job_id].append(on_done)
 
     def _insert_journalled(self, records: list[JobRecord]) -> None:
         """Store the journalled jobs the store does not have yet (queued)."""
@@ -620,9 +618,8 @@ class SchedulerActor(SupervisedActor):
                 core.worker_lost(start.worker)
                 continue
             self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
-        if not self._deadlines and self._deadline_timer is not None:  # nothing runs: nothing to watch
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
+        if not self._deadlines:  # nothing runs: nothing to watch
+            self._stop_deadline_timer()
 
     def _in_process(self, script_id: str) -> bool:
         script = self._scripts.get(script_id)
@@ -639,12 +636,16 @@ class SchedulerActor(SupervisedActor):
             self._arm_deadline_timer(due)
 
     def _arm_deadline_timer(self, due: float) -> None:
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
+        self._stop_deadline_timer()
         me = self.actor_ref
         clock = self.context.clock
         self._deadline_due = due
         self._deadline_timer = clock.call_later(due - clock.monotonic(), lambda: _tell(me, DeadlinePassed()))
+
+    def _stop_deadline_timer(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
 
     def _cancel_timer(self, job_id: str) -> None:
         """Forget the job's deadline and cancel its retry timer (the job ended or was lost)."""
@@ -662,11 +663,10 @@ class SchedulerActor(SupervisedActor):
                 self._hung(job_id, attempt)
         # Re-armed from scratch: the jobs dispatched meanwhile may have armed it, and
         # this message may come from a timer already replaced.
-        if self._deadline_timer is not None:
-            self._deadline_timer.cancel()
-            self._deadline_timer = None
         if self._deadlines:
             self._arm_deadline_timer(min(due for due, _ in self._deadlines.values()))
+        else:
+            self._stop_deadline_timer()
 
     def _hung(self, job_id: str, attempt: int) -> None:
         core = self._core()

@@ -24,10 +24,10 @@ from runtime.messages import InjectFault
 from runtime.pools import ConnectionPools
 from runtime.registry import Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView
-from runtime.scheduling import SchedulerMemory
+from runtime.scheduling import SchedulerMemory, new_job
 from runtime.start_marks import marks_folder
 from runtime.stats import StatsAccumulator
-from runtime.store import JobRecord, JobStore, claim_folder
+from runtime.store import JobStore, claim_folder
 from runtime.submit_journal import SubmitJournal
 from runtime.supervision import Backoff, ChildSpec, RestartPolicy
 
@@ -386,8 +386,7 @@ class Runtime:
             return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
                        .get(timeout=self.settings.ask_timeout))
         self._check_running()
-        record = JobRecord.new(script.id, values, priority=level,
-                               max_retries=script.max_retries if max_retries is None else max_retries)
+        record = new_job(script, values, level, max_retries)
         journal.submit(record, script, (callback, on_done), self.settings.ask_timeout)
         return record.id
 

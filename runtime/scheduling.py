@@ -15,9 +15,10 @@ from typing import Any
 
 from runtime.execution_stats import ExecutionStats
 from runtime.messages import CancelSlot
+from runtime.registry import Script
 from runtime.store import JobRecord, JobState, JobStore
 
-__all__ = ["Dispatch", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory"]
+__all__ = ["Dispatch", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory", "new_job"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,12 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         nominal = min(self.maximum, self.minimum * 2 ** min(max(retry - 1, 0), 62))
         return nominal / 2 + self.rng() * nominal / 2
+
+
+def new_job(script: Script, arguments: dict[str, Any], priority: int, max_retries: int | None) -> JobRecord:
+    """A new queued record for ``script``; the retry limit is the submission's, else the script's."""
+    retries = script.max_retries if max_retries is None else max_retries
+    return JobRecord.new(script.id, arguments, priority=priority, max_retries=retries)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,16 @@ def _nothing(*_: Any) -> None:
     return None
 
 
+def _two_submitted_cut_at_once(journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch) -> tuple[JobRecord, ...]:
+    """Records a, b, c: a and b submitted, c not yet; committed lines are cut at once."""
+    monkeypatch.setattr(submit_journal, "EMPTY_AT", 1)
+    journal.take_over(_nothing, _nothing)
+    a, b, c = _record(1), _record(2), _record(3)
+    journal.submit(a, SCRIPT, (None, None), 1)
+    journal.submit(b, SCRIPT, (None, None), 1)
+    return a, b, c
+
+
 @pytest.fixture
 def journal(tmp_path: Path) -> Any:
     made = SubmitJournal(tmp_path)
@@ -122,11 +132,7 @@ def test_torn_and_damaged_lines_are_skipped(journal: SubmitJournal, caplog: pyte
 def test_committed_jobs_are_cut_off_and_the_rest_stays(
     journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(submit_journal, "EMPTY_AT", 1)
-    journal.take_over(_nothing, _nothing)
-    a, b, c = _record(1), _record(2), _record(3)
-    journal.submit(a, SCRIPT, (None, None), 1)
-    journal.submit(b, SCRIPT, (None, None), 1)
+    a, b, c = _two_submitted_cut_at_once(journal, monkeypatch)
     journal.committed(1)
     assert _ids(journal.path) == [b.id]  # a is in the store; b is not yet
     journal.submit(c, SCRIPT, (None, None), 1)
@@ -264,11 +270,7 @@ def test_submitters_wait_while_the_scheduler_is_too_far_behind(
 def test_after_a_cut_submits_go_to_the_file_on_disk(journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch) -> None:
     # The cut replaces the file: later appends must reach the new one, even when no new
     # descriptor can be opened (too many open files).
-    monkeypatch.setattr(submit_journal, "EMPTY_AT", 1)
-    journal.take_over(_nothing, _nothing)
-    a, b, c = _record(1), _record(2), _record(3)
-    journal.submit(a, SCRIPT, (None, None), 1)
-    journal.submit(b, SCRIPT, (None, None), 1)
+    a, b, c = _two_submitted_cut_at_once(journal, monkeypatch)
 
     def no_descriptors(self: SubmitJournal) -> int:
         raise OSError(errno.EMFILE, "Too many open files")
@@ -280,11 +282,7 @@ def test_after_a_cut_submits_go_to_the_file_on_disk(journal: SubmitJournal, monk
 
 
 def test_a_failed_close_after_a_cut_loses_no_line(journal: SubmitJournal, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(submit_journal, "EMPTY_AT", 1)
-    journal.take_over(_nothing, _nothing)
-    a, b, c = _record(1), _record(2), _record(3)
-    journal.submit(a, SCRIPT, (None, None), 1)
-    journal.submit(b, SCRIPT, (None, None), 1)
+    a, b, c = _two_submitted_cut_at_once(journal, monkeypatch)
     replaced_fd = journal._fd
     close = os.close
 
