@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -239,25 +240,51 @@ def _popen_like_runtime() -> None:
     proc.communicate(b"{}")
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU time (user + system) of this process (all its threads) and of its reaped children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _measured(run: Callable[[], float], n: int, walls: list[float], cpu: dict[str, list[float]]) -> None:
+    """Run one round; record its wall and the CPU per job (µs) of this process and of the children.
+
+    The CPU is the figure noise moves least: both cores are nearly saturated by the
+    baseline, so the wall follows the CPU spent per job."""
+    own, children = _cpu_seconds()
+    walls.append(run())
+    own_after, children_after = _cpu_seconds()
+    cpu["process"].append((own_after - own) / n * 1e6)
+    cpu["children"].append((children_after - children) / n * 1e6)
+
+
 def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
-    walls: dict[str, list[float]] = {"runtime": [], "thread_pool_subprocess_run": [],
-                                     "thread_pool_popen_pipes_group": [], "floor_bare_actors": []}
+    names = ["runtime", "thread_pool_subprocess_run", "thread_pool_popen_pipes_group", "floor_bare_actors"]
+    walls: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, dict[str, list[float]]] = {name: {"process": [], "children": []} for name in names}
     rt = _start(registry, 2)
+
+    def runtime_round() -> float:
+        done = Countdown(n, _succeeded)
+        start = clock()
+        for _ in range(n):
+            rt.submit("true", on_done=done)
+        done.wait(max(120.0, n / 10), "runtime /bin/true")
+        if done.failed:
+            raise RuntimeError(f"{done.failed} /bin/true jobs failed")
+        return done.finished_at - start
+
+    runs: dict[str, Callable[[], float]] = {
+        "thread_pool_subprocess_run": lambda: _pool_processes(n, lambda: subprocess.run(["/bin/true"], check=True)),
+        "runtime": runtime_round,
+        "thread_pool_popen_pipes_group": lambda: _pool_processes(n, _popen_like_runtime),
+        "floor_bare_actors": lambda: floor.processes(n),
+    }
     try:
         rt.wait_job(rt.submit("true"), 30)
         for _ in range(rounds):  # taking turns, so machine noise falls on all alike
-            walls["thread_pool_subprocess_run"].append(
-                _pool_processes(n, lambda: subprocess.run(["/bin/true"], check=True)))
-            done = Countdown(n, _succeeded)
-            start = clock()
-            for _ in range(n):
-                rt.submit("true", on_done=done)
-            done.wait(max(120.0, n / 10), "runtime /bin/true")
-            if done.failed:
-                raise RuntimeError(f"{done.failed} /bin/true jobs failed")
-            walls["runtime"].append(done.finished_at - start)
-            walls["thread_pool_popen_pipes_group"].append(_pool_processes(n, _popen_like_runtime))
-            walls["floor_bare_actors"].append(floor.processes(n))
+            for name, run in runs.items():
+                _measured(run, n, walls[name], cpu[name])
     finally:
         rt.stop()
     median = {name: statistics.median(values) for name, values in walls.items()}
@@ -272,6 +299,8 @@ def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
             median["runtime"] / median["thread_pool_popen_pipes_group"],
         # The design's own floor: bare pykka actors running subprocess.run (see bench/floor.py).
         "wall_ratio_floor_over_subprocess_run": median["floor_bare_actors"] / median["thread_pool_subprocess_run"],
+        "cpu_us_per_job": {name: {part: statistics.median(values) for part, values in parts.items()}
+                           for name, parts in cpu.items()},
         "all_rounds_wall_s": walls,
     }
 

@@ -37,6 +37,7 @@ def test_jobs_bench_quick_mode_runs() -> None:
     assert {"runtime", "thread_pool_subprocess_run"} <= set(processes["wall_s"])
     assert processes["wall_ratio_runtime_over_subprocess_run"] > 0
     assert processes["wall_ratio_floor_over_subprocess_run"] > 0
+    assert processes["cpu_us_per_job"]["runtime"]["process"] > 0
 
     peers = figures["peers"]
     assert peers["runtime"]["jobs_per_s"] > 0
