@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from runtime.child_exit import EXIT_POLL, has_exited, open_pidfd
 from runtime.command_output import OutputCapture, ProgressFilter
 from runtime.executors import DEFAULT_OUTPUT_CAP, ExecutionResult, ProgressCallback, report_progress
 from runtime.registry import Script
@@ -33,13 +34,11 @@ log = logging.getLogger(__name__)
 
 _GRACE = 0.5  # seconds between SIGTERM and SIGKILL
 _DRAIN_TIMEOUT = 5.0  # seconds to wait for pipes still held open by a process that left the group
-_EXIT_POLL = (0.0005, 0.05)  # without a pidfd: first and longest pause between exit checks, seconds
 _LONGEST_WAIT = 3600.0  # seconds poll() sleeps at most (it cannot take a timeout of years)
 _PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # the most a pipe takes in one write, atomically
 _ONE = (1).to_bytes(8, sys.byteorder)  # a wake-up: an eventfd takes 8-byte counters, a pipe any bytes
-#: Wait for the child's exit on a pidfd (Linux >= 5.3) rather than polling ``waitid``, and
-#: wake the loop through an eventfd rather than a pipe. Tests switch them off to cover both ways.
-_USE_PIDFD = hasattr(os, "pidfd_open")
+#: Wake the loop through an eventfd rather than a pipe (the child's exit: ``runtime/child_exit.py``).
+#: Tests switch it off to cover both ways.
 _USE_EVENTFD = hasattr(os, "eventfd")
 
 
@@ -199,8 +198,9 @@ class CommandExecution:
             ``"timeout"`` or ``"cancelled"`` when the group had to be killed, else ``None``.
         """
         poller = select.poll()
-        pidfd = _open_pidfd(proc.pid, fds)
+        pidfd = open_pidfd(proc.pid)
         if pidfd is not None:
+            fds.add(pidfd)
             poller.register(pidfd, select.POLLIN)  # readable once the child has exited
         poller.register(wake, select.POLLIN)
         waking = True  # the wake-up is registered
@@ -224,7 +224,7 @@ class CommandExecution:
         exited = False
         deadline: float | None = time.monotonic() + self._timeout  # next thing to do without an event
         killing = False  # SIGTERM sent; SIGKILL is due at the deadline
-        exit_poll = _EXIT_POLL[0]
+        exit_poll = EXIT_POLL[0]
         while not (exited and not readers):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
@@ -242,7 +242,7 @@ class CommandExecution:
             wait = None if deadline is None else min(deadline - now, _LONGEST_WAIT)
             if pidfd is None and not exited:
                 wait = exit_poll if wait is None else min(wait, exit_poll)
-                exit_poll = min(exit_poll * 2, _EXIT_POLL[1])
+                exit_poll = min(exit_poll * 2, EXIT_POLL[1])
             child_exited = cancelled = False
             for fd, _ in poller.poll(None if wait is None else wait * 1000):
                 if fd in readers:
@@ -250,7 +250,7 @@ class CommandExecution:
                         poller.unregister(fd)
                         readers.pop(fd).close()
                         fds.close(fd)
-                        exit_poll = _EXIT_POLL[0]  # the end of output often comes with the exit
+                        exit_poll = EXIT_POLL[0]  # the end of output often comes with the exit
                 elif fd == stdin:
                     unsent = _feed(stdin, unsent)
                     if not unsent:
@@ -261,7 +261,7 @@ class CommandExecution:
                 elif fd == wake:
                     cancelled = True
             if pidfd is None and not exited:
-                child_exited = _has_exited(proc.pid)
+                child_exited = has_exited(proc.pid)
             if child_exited and not exited:
                 # Also after a normal exit, whatever the child left running dies with it.
                 exited = True
@@ -317,24 +317,6 @@ def _wake_up(fds: _Descriptors) -> tuple[int, int]:
 def _poke(fd: int) -> None:
     with contextlib.suppress(BlockingIOError):  # a wake-up is already pending: one is enough
         os.write(fd, _ONE)
-
-
-def _open_pidfd(pid: int, fds: _Descriptors) -> int | None:
-    """A descriptor that becomes readable when ``pid`` exits; ``None``: poll ``waitid`` instead."""
-    if not _USE_PIDFD:
-        return None
-    try:
-        return fds.add(os.pidfd_open(pid))
-    except OSError:  # ENOSYS before Linux 5.3, or a sandbox forbids it
-        return None
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether the child has exited, leaving it unreaped (WNOWAIT)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:  # reaped by someone else: gone all the same
-        return True
 
 
 def _feed(fd: int, unsent: memoryview) -> memoryview:

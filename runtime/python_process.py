@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from runtime.child_exit import EXIT_POLL, exited_within, open_pidfd
 from runtime.executors import ExecutionResult, ProgressCallback, report_progress, require_kind
 from runtime.python_host import READY
 from runtime.registry import Script
@@ -65,13 +66,14 @@ class _Outcome:
 
 
 class _Host:
-    """One live host child: its pipes, a pidfd to see it exit, and unfinished output."""
+    """One live host child: its pipes, a pidfd to see it exit (``None``: a ``waitid``
+    poll sees it), and unfinished output."""
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdin is not None and proc.stdout is not None
         self.proc = proc
         self.pid = proc.pid
-        self.pidfd = os.pidfd_open(proc.pid)  # readable once it exits; does not reap it
+        self.pidfd = open_pidfd(proc.pid)  # readable once it exits; does not reap it
         self.stdin = proc.stdin.fileno()
         self.stdout = proc.stdout.fileno()
         os.set_blocking(self.stdin, False)  # a host that stops reading must not hold off the deadline
@@ -96,7 +98,7 @@ class _Host:
 
     def exited(self, timeout: float = 0.0) -> bool:
         """Whether the host has exited, waiting up to ``timeout`` seconds."""
-        return bool(select.select([self.pidfd], [], [], timeout)[0])
+        return exited_within(self.pid, self.pidfd, timeout)
 
     def read_lines(self) -> list[bytes] | None:
         """The complete lines available now (maybe none); ``None`` at end of output."""
@@ -121,7 +123,8 @@ class _Host:
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-        os.close(self.pidfd)
+        if self.pidfd is not None:
+            os.close(self.pidfd)
         return code
 
 
@@ -279,7 +282,9 @@ class PythonProcess:
         unsent = memoryview(payload)
         poller = select.poll()
         for fd in (host.stdout, host.pidfd, self._wake_r):
-            poller.register(fd, select.POLLIN)
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
+        exit_poll = EXIT_POLL[0]  # without a pidfd: the pause before the next look at the host
         unsent = self._write(host, unsent)  # usually all of it: the host is waiting for it
         if unsent:
             poller.register(host.stdin, select.POLLOUT)
@@ -292,8 +297,11 @@ class PythonProcess:
                 return self._discard(host, "failed", error)
             if remaining <= 0:
                 return self._discard(host, "timeout", f"timed out after {script.timeout:g}s")
+            if host.pidfd is None:  # a host that dies while a process it started holds its output
+                remaining = min(remaining, exit_poll)
+                exit_poll = min(exit_poll * 2, EXIT_POLL[1])
             ready = dict(poller.poll(math.ceil(remaining * 1000)))
-            if host.stdout in ready or host.pidfd in ready:
+            if host.stdout in ready or host.pidfd in ready or (host.pidfd is None and host.exited()):
                 was_ready = host.ready
                 outcome = self._read(host, script, on_progress)
                 if outcome is not None:

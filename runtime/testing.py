@@ -65,17 +65,37 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
 def process_gone(pid: int, timeout: float = 10.0) -> bool:
     """Wait up to ``timeout`` seconds for process ``pid`` to terminate; ``True`` once it has.
 
-    Waits on the process itself (a pidfd turns readable when it terminates), not on a
-    sleep; a zombie counts as gone.
+    Waits on the process itself (a pidfd turns readable when it terminates) where the
+    kernel has pidfds, else checks it with ``wait_until``; a zombie counts as gone.
     """
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return True
+    except (OSError, AttributeError):  # no pidfd here (not Linux, or a kernel before 5.3)
+        try:
+            return bool(wait_until(lambda: _terminated(pid), timeout))
+        except AssertionError:
+            return False
     try:
         return bool(select.select([fd], [], [], timeout)[0])
     finally:
         os.close(fd)
+
+
+def _terminated(pid: int) -> bool:
+    """Whether ``pid`` is gone or a zombie (a zombie has terminated; only its reaping is left)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: it exists
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):  # no /proc (not Linux): alive, as far as we can tell
+        return False
 
 
 def require_service(what: str, problem: object) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from runtime import command_executor
+from runtime import child_exit, command_executor
 from runtime.command_executor import CommandExecution
 from runtime.executors import ExecutionResult
 from runtime.registry import Script
@@ -246,10 +246,10 @@ def wait_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Each loop test runs with a pidfd and an eventfd (Linux) and with neither (the
     ``waitid`` poll and the self-pipe every POSIX system has)."""
     if request.param == "pidfd":
-        if not (command_executor._USE_PIDFD and command_executor._USE_EVENTFD):
+        if not (child_exit.USE_PIDFD and command_executor._USE_EVENTFD):
             pytest.skip("no pidfd or eventfd on this platform")
     else:
-        monkeypatch.setattr(command_executor, "_USE_PIDFD", False)
+        monkeypatch.setattr(child_exit, "USE_PIDFD", False)
         monkeypatch.setattr(command_executor, "_USE_EVENTFD", False)
     return str(request.param)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import errno
 import json
+import os
 import select
 import shutil
 import signal
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from runtime import child_exit
 from runtime.executors import ExecutionResult, run_python
 from runtime.python_process import PythonProcess
 from runtime.registry import Script
@@ -35,9 +37,20 @@ def _script(callable_spec: Any, **fields: Any) -> Script:
 
 
 
-@pytest.fixture
-def process() -> Iterator[PythonProcess]:
-    """A process of the test's own: for tests about the host's life, or that need a fresh one."""
+@pytest.fixture(params=["pidfd", "portable"])
+def process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[PythonProcess]:
+    """A process of the test's own: for tests about the host's life, or that need a fresh one.
+
+    Each such test runs twice: seeing the host's exit through a pidfd (Linux >= 5.3), and
+    through the ``waitid`` poll of a kernel without them (``pidfd_open`` fails with ENOSYS)."""
+    if request.param == "pidfd" and not child_exit.USE_PIDFD:
+        pytest.skip("no pidfd on this platform")
+    if request.param == "portable":
+        def no_pidfd(pid: int, flags: int = 0) -> int:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+        monkeypatch.setattr(child_exit, "USE_PIDFD", True)
+        monkeypatch.setattr(os, "pidfd_open", no_pidfd, raising=False)
     with PythonProcess() as python_process:
         yield python_process
 

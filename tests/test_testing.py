@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
+import subprocess
 import threading
 
 import pytest
 
 from runtime import ManualClock
-from runtime.testing import wait_until
+from runtime.testing import process_gone, wait_until
 
 
 def test_wait_until_returns_the_value_and_fails_with_the_message() -> None:
@@ -56,3 +60,21 @@ def test_system_clock_call_later_runs_and_close_stops_it() -> None:
     clock.call_later(0.01, cancelled.set).cancel()
     clock.close()
     assert not cancelled.is_set()
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_process_gone_waits_for_the_end_with_or_without_pidfds(monkeypatch: pytest.MonkeyPatch, pidfd: bool) -> None:
+    if not pidfd:
+        def enosys(pid: int, flags: int = 0) -> int:
+            raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+        monkeypatch.setattr(os, "pidfd_open", enosys, raising=False)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        assert not process_gone(child.pid, timeout=0.05)
+        os.kill(child.pid, signal.SIGKILL)
+        assert process_gone(child.pid)  # a zombie, not reaped yet: gone all the same
+    finally:
+        child.kill()
+        child.wait()
+    assert process_gone(child.pid)  # reaped: no such process
