@@ -705,8 +705,10 @@ class SchedulerActor(SupervisedActor):
             if status is None:
                 return
             # Held back until the final state is committed: a waiter must never see
-            # an ending that a crash could undo.
-            self._unflushed.extend((job_id, fn, status) for fn in waiters)
+            # an ending that a crash could undo. Each waiter gets a dict of its own: one
+            # may change what it was given.
+            self._unflushed.extend((job_id, fn, status if i == 0 else _copy_json(status))
+                                   for i, fn in enumerate(waiters))
 
 
 def _tell(ref: Any, message: Any) -> None:

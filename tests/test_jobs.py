@@ -1234,3 +1234,27 @@ def test_a_waiter_registered_while_the_end_is_not_yet_committed_still_runs(
     assert rt.status(job)["status"] == "succeeded"  # memory is newer than the store here
     assert rt.wait_job(job, timeout=5)["status"] == "succeeded"  # after the retried commit
     assert store.get(job) is not None and store.get(job).state.value == "succeeded"
+
+
+def test_each_completion_waiter_gets_a_status_of_its_own(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=1, **quiet())
+    seen: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def meddles(status: dict[str, Any]) -> None:
+        status["status"] = "meddled"
+        status["attempts"].clear()
+
+    def looks(status: dict[str, Any]) -> None:
+        seen.append(status)
+        done.set()
+
+    job = rt.submit("block_then_report", {"name": "w"}, on_done=meddles)
+    assert helpers.started("w").wait(5)
+    rt.when_done(job, looks)  # a second waiter of the same running job
+    helpers.release("w")
+    assert done.wait(5)
+    assert seen[0]["status"] == "succeeded"
+    assert [a["status"] for a in seen[0]["attempts"]] == ["succeeded"]
