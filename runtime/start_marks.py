@@ -200,7 +200,7 @@ def apply_marks(store: JobStore, marks: list[StartMark]) -> list[str]:
         record.attempts.append({"number": mark.attempt, "started_at": mark.at, "finished_at": None,
                                 "error": None, "status": "running"})
         record.state = JobState.RUNNING
-        record.updated_at = mark.at
+        record.updated_at = max(record.updated_at, mark.at)  # a later change stands
         changed.append(record)
     if changed:
         store.update_many(changed)

@@ -95,6 +95,8 @@ def test_marks_add_the_attempts_the_store_missed_and_recovery_interrupts_them(tm
                  StartMark(done.id, 1, 8.0), StartMark("f" * 32, 1, 9.0)]
         assert apply_marks(store, marks) == [queued.id, retrying.id]
         assert apply_marks(store, marks) == []  # applied twice: nothing more
+        marked = store.get(queued.id)
+        assert marked is not None and marked.updated_at == queued.updated_at  # a mark never moves it back
         recover(store)
         got = {r.id: r for r in (store.get(j) for j in (queued.id, retrying.id, known.id, done.id)) if r}
     finally:
