@@ -76,3 +76,16 @@ def test_the_runtime_runs_jobs_without_the_optional_postgres_extra(tmp_path: Pat
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "succeeded"
+
+
+def test_run_shows_its_progress_bar_without_log_lines_by_default(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "run", "greet", "--arg", "name=Ada",
+         "--registry", str(ROOT / "examples" / "registry.json")],
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello, Ada!\n"
+    assert "100% done" in result.stderr and "succeeded after 1 attempt(s)" in result.stderr
+    assert " INFO " not in result.stderr  # the runtime's INFO log would break the bar's line
