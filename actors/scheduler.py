@@ -12,7 +12,8 @@ from typing import Any
 
 from runtime.callbacks import CallbackRunner
 from runtime.clock import SystemClock, TimerHandle
-from runtime.errors import ActorRuntimeError
+from runtime.errors import ActorRuntimeError, ScriptNotFound
+from runtime.executors import validate_arguments
 from runtime.messages import (
     ChildDown,
     DeadlinePassed,
@@ -29,7 +30,8 @@ from runtime.messages import (
 )
 from runtime.python_process import START_TIMEOUT
 from runtime.registry import Script, load_registry
-from runtime.scheduling import Outcome, RetryPolicy, SchedulerCore, SchedulerMemory, new_job
+from runtime.scheduling import (JobCheck, Outcome, RetryPolicy, SchedulerCore, SchedulerMemory, check_callbacks,
+                                check_max_retries, checked_jobs, new_job, priority_level)
 from runtime.start_marks import StartMark, apply_marks, read_marks
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
 from runtime.submit_journal import SubmitJournal
@@ -98,6 +100,8 @@ class SchedulerActor(SupervisedActor):
             before the job starts instead.
         journal: the submit journal (``runtime/submit_journal.py``) this instance takes
             ``Submitted`` jobs from; ``None`` with a custom store.
+        check: looks a submitted job's script up and validates its arguments (the
+            runtime's, through its registry cache); by default the registry file is read.
     """
 
     def __init__(
@@ -109,8 +113,10 @@ class SchedulerActor(SupervisedActor):
         memory: SchedulerMemory | None = None,
         marks: Path | None = None,
         journal: SubmitJournal | None = None,
+        check: JobCheck | None = None,
     ) -> None:
         super().__init__(context)
+        self._check = check or _check_job(Path(context.settings.registry_path))
         self._marks = marks
         self._journal = journal
         self._deliver: Callable[[JobRecord, Script], None] | None = None  # what the journal tells
@@ -258,22 +264,31 @@ class SchedulerActor(SupervisedActor):
 
     # --- questions (ask / proxy) ------------------------------------------------------
 
-    def submit(self, script: Script, arguments: dict[str, Any], priority: int = 1,
+    def submit(self, script_id: str, arguments: dict[str, Any] | None = None, priority: Any = "normal",
                max_retries: int | None = None, callback: Callable[..., Any] | None = None,
                on_done: Callable[[dict[str, Any]], Any] | None = None) -> str:
-        """Accept a job (already validated by the caller); it is in the store on return.
+        """Validate and accept a job, as ``Runtime.submit`` does; it is in the store on return.
 
         ``on_done(status)`` is called off the actors once the job has finished, as
         ``when_done`` would, without a second ask.
+
+        Raises:
+            ScriptNotFound, InvalidArguments, PoolError: nothing was queued.
+            StoreError: the commit failed (nothing was queued).
         """
-        (job_id,) = self._accept([(script, arguments)], priority, max_retries, on_done)
+        level, limit = priority_level(priority), check_max_retries(max_retries)
+        check_callbacks(callback, on_done)
+        (job_id,) = self._accept(checked_jobs(self._check, [(script_id, arguments)]), level, limit, on_done)
         self._keep_callbacks(job_id, callback, None)
         return job_id
 
-    def submit_many(self, jobs: list[tuple[Script, dict[str, Any]]], priority: int = 1,
+    def submit_many(self, jobs: list[tuple[str, dict[str, Any] | None]], priority: Any = "normal",
                     on_done: Callable[[dict[str, Any]], Any] | None = None) -> list[str]:
-        """Accept several jobs (already validated) in one commit; their ids, in order."""
-        return self._accept(jobs, priority, None, on_done)
+        """Validate and accept ``(script id, arguments)`` pairs in one commit (all or none);
+        their ids, in order."""
+        level = priority_level(priority)
+        check_callbacks(None, on_done)
+        return self._accept(checked_jobs(self._check, list(jobs)), level, None, on_done)
 
     def _accept(self, jobs: list[tuple[Script, dict[str, Any]]], priority: int, max_retries: int | None,
                 on_done: Callable[[dict[str, Any]], Any] | None) -> list[str]:
@@ -709,6 +724,17 @@ class SchedulerActor(SupervisedActor):
             # may change what it was given.
             self._unflushed.extend((job_id, fn, status if i == 0 else _copy_json(status))
                                    for i, fn in enumerate(waiters))
+
+
+def _check_job(registry_path: Path) -> JobCheck:
+    """A job check that reads the registry file (for a scheduler started without one)."""
+    def check(script_id: str, arguments: Any) -> tuple[Script, dict[str, Any]]:
+        script = load_registry(registry_path).get(script_id) if isinstance(script_id, str) else None
+        if script is None:
+            raise ScriptNotFound(f"unknown script {script_id!r}")
+        return script, validate_arguments(script, arguments)
+
+    return check
 
 
 def _tell(ref: Any, message: Any) -> None:

@@ -24,7 +24,8 @@ from runtime.messages import InjectFault
 from runtime.pools import ConnectionPools
 from runtime.registry import Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView
-from runtime.scheduling import SchedulerMemory, new_job
+from runtime.scheduling import (SchedulerMemory, check_callbacks, check_max_retries, checked_jobs, new_job,
+                                priority_level)
 from runtime.start_marks import marks_folder
 from runtime.stats import StatsAccumulator
 from runtime.store import JobStore, claim_folder
@@ -181,7 +182,7 @@ class Runtime:
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
                 context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory,
-                self._marks, self._journal)),
+                self._marks, self._journal, self._checked_job)),
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
@@ -376,14 +377,13 @@ class Runtime:
             TimeoutError: the scheduler stayed 256 submits behind for ``ask_timeout``
                 seconds (nothing is queued).
         """
-        level = _priority(priority)
-        if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int)
-                                        or max_retries < 0):
-            raise InvalidArguments(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        level = priority_level(priority)
+        check_max_retries(max_retries)
+        check_callbacks(callback, on_done)
         script, values = self._checked_job(script_id, arguments)
         journal = self._journal
         if journal is None:  # a custom store: the scheduler commits the job before it answers
-            return str(self.scheduler.submit(script, values, level, max_retries, callback, on_done)
+            return str(self.scheduler.submit(script_id, values, level, max_retries, callback, on_done)
                        .get(timeout=self.settings.ask_timeout))
         self._check_running()
         record = new_job(script, values, level, max_retries)
@@ -410,16 +410,14 @@ class Runtime:
         Returns:
             the job ids, in the order of ``jobs``.
         """
-        level = _priority(priority)
-        batch = []
-        for position, (script_id, arguments) in enumerate(jobs, 1):
-            try:
-                batch.append(self._checked_job(script_id, arguments))
-            except InvalidArguments as e:  # ScriptNotFound and PoolError name what is missing already
-                raise InvalidArguments(f"job #{position}: {e}") from None
+        batch = list(jobs)
         if not batch:
             return []
-        ids = self.scheduler.submit_many(batch, level, on_done).get(timeout=self.settings.ask_timeout)
+        # Checked by the scheduler, which takes only what it checked itself (its proxy is
+        # public); checked here first, on this thread, so that a lookup that misses the
+        # cache reads the registry here and not on the scheduler's thread.
+        checked_jobs(self._checked_job, batch)
+        ids = self.scheduler.submit_many(batch, priority, on_done).get(timeout=self.settings.ask_timeout)
         return list(ids)
 
     def _checked_job(self, script_id: str, arguments: dict[str, Any] | None) -> tuple[Script, dict[str, Any]]:
@@ -428,6 +426,8 @@ class Runtime:
         Raises:
             ScriptNotFound, InvalidArguments, PoolError (an ``sql`` script's pool is missing).
         """
+        if not isinstance(script_id, str):
+            raise InvalidArguments(f"a script id is a string, got {script_id!r}")
         script = self.script(script_id)
         values = validate_arguments(script, arguments)
         if script.kind == "sql":
@@ -550,9 +550,6 @@ class Runtime:
             raise RuntimeStopped("the runtime is stopped")
 
 
-_PRIORITIES = {"high": 0, "normal": 1, "low": 2}
-
-
 class _Waiter:
     """A completion callback that a thread can block on.
 
@@ -575,16 +572,6 @@ class _Waiter:
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
         return self._status
-
-
-def _priority(value: int | str) -> int:
-    """0 (high), 1 (normal) or 2 (low) from a name, a number or a ``JobPriority``."""
-    if isinstance(value, str) and value.lower() in _PRIORITIES:
-        return _PRIORITIES[value.lower()]
-    number = getattr(value, "value", value)
-    if isinstance(number, int) and not isinstance(number, bool) and number in (0, 1, 2):
-        return number
-    raise InvalidArguments(f"priority must be high, normal or low, got {value!r}")
 
 
 def _absolute_registry(settings: Settings) -> Settings:

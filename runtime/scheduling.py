@@ -13,12 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.errors import InvalidArguments
 from runtime.execution_stats import ExecutionStats
 from runtime.messages import CancelSlot
 from runtime.registry import Script
 from runtime.store import JobRecord, JobState, JobStore
 
-__all__ = ["Dispatch", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory", "new_job"]
+__all__ = ["Dispatch", "JobCheck", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory",
+           "check_callbacks", "check_max_retries", "checked_jobs", "new_job", "priority_level"]
+
+_PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +42,71 @@ class RetryPolicy:
         return nominal / 2 + self.rng() * nominal / 2
 
 
+def priority_level(value: Any) -> int:
+    """0 (high), 1 (normal) or 2 (low) from a name, a number or a ``JobPriority``.
+
+    Raises:
+        InvalidArguments: anything else.
+    """
+    if isinstance(value, str) and value.lower() in _PRIORITIES:
+        return _PRIORITIES[value.lower()]
+    number = getattr(value, "value", value)
+    if isinstance(number, int) and not isinstance(number, bool) and number in (0, 1, 2):
+        return number
+    raise InvalidArguments(f"priority must be high, normal or low, got {value!r}")
+
+
+def check_callbacks(callback: Any, on_done: Any) -> None:
+    """A submission's callbacks are callables (or ``None``): one that is not would fail
+    on every progress report or at the end, long after the submit.
+
+    Raises:
+        InvalidArguments: one is not.
+    """
+    for name, value in (("callback", callback), ("on_done", on_done)):
+        if value is not None and not callable(value):
+            raise InvalidArguments(f"{name} must be callable, got {value!r}")
+
+
+def check_max_retries(value: Any) -> int | None:
+    """A submission's retry limit: ``None`` (the script's) or an integer >= 0.
+
+    Raises:
+        InvalidArguments: anything else.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise InvalidArguments(f"max_retries must be an integer >= 0, got {value!r}")
+    return value
+
+
+#: Looks a job's script up and validates its arguments: ``(script id, arguments) ->
+#: (script, validated arguments)``; raises ``ScriptNotFound``, ``InvalidArguments``, ``PoolError``.
+JobCheck = Callable[[str, Any], tuple[Script, dict[str, Any]]]
+
+
+def checked_jobs(check: JobCheck, jobs: list[Any]) -> list[tuple[Script, dict[str, Any]]]:
+    """Every ``(script id, arguments)`` pair of a batch, checked; an error names the job's position.
+
+    Raises:
+        ScriptNotFound, InvalidArguments, PoolError: the first job that does not check.
+    """
+    checked = []
+    for position, job in enumerate(jobs, 1):
+        if not isinstance(job, (tuple, list)) or len(job) != 2:
+            raise InvalidArguments(f"job #{position}: expected a (script id, arguments) pair, got {job!r}")
+        try:
+            checked.append(check(job[0], job[1]))
+        except InvalidArguments as e:  # ScriptNotFound and PoolError name what is missing already
+            raise InvalidArguments(f"job #{position}: {e}") from None
+    return checked
+
+
 def new_job(script: Script, arguments: dict[str, Any], priority: int, max_retries: int | None) -> JobRecord:
-    """A new queued record for ``script``; the retry limit is the submission's, else the script's."""
+    """A new queued record for ``script``; the retry limit is the submission's, else the script's.
+
+    ``priority`` and ``max_retries`` are checked already (:func:`priority_level`,
+    :func:`check_max_retries`): a record is what the store keeps and the queue orders.
+    """
     retries = script.max_retries if max_retries is None else max_retries
     return JobRecord.new(script.id, arguments, priority=priority, max_retries=retries)
 
@@ -171,6 +238,10 @@ class SchedulerCore:
             attempt was its last allowed one.
         """
         self.jobs[record.id] = record
+        if type(record.priority) is not int or not 0 <= record.priority <= 2:  # noqa: E721 - not a bool either
+            # Only a record written by an older version or by hand can get here: failing it
+            # keeps the queue, and every start after this one, working.
+            return self._close(record, JobState.FAILED, None, f"invalid priority {record.priority!r} in the store").state
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
         if record.state is JobState.RETRYING and len(record.attempts) - 1 >= limit:
             return self._close(record, JobState.FAILED, None, record.attempts[-1].get("error") or "interrupted").state

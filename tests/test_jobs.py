@@ -283,38 +283,80 @@ def test_raising_and_blocking_callbacks_are_contained(start_runtime: Callable[..
 # --- validation -------------------------------------------------------------------------
 
 
+_INVALID: list[tuple[type[Exception], str, tuple[Any, ...], dict[str, Any]]] = [
+    (InvalidArguments, "argument 'text' is required", ("echo", {}), {}),
+    (InvalidArguments, "argument 'text' is required", ("echo",), {}),
+    (InvalidArguments, "argument 'text' must be of type string, got int", ("echo", {"text": 5}), {}),
+    (InvalidArguments, "argument 'count' must be of type integer, got bool", ("echo", {"text": "x", "count": True}), {}),
+    (InvalidArguments, r"unknown argument\(s\) bogus", ("echo", {"text": "x", "bogus": 1}), {}),
+    (InvalidArguments, "arguments must be an object", ("echo", ["x"]), {}),
+    (InvalidArguments, "argument 'token' must be of type string, got NoneType", ("record", {"token": None}), {}),
+    (ScriptNotFound, "unknown script 'nope'", ("nope", {}), {}),
+    (InvalidArguments, "a script id is a string, got 5", (5, {}), {}),
+    (InvalidArguments, "priority must be high, normal or low, got 'urgent'", ("echo", {"text": "x"}, "urgent"), {}),
+    (InvalidArguments, "priority must be high, normal or low, got 3", ("echo", {"text": "x"}), {"priority": 3}),
+    (InvalidArguments, "priority must be high, normal or low, got True", ("echo", {"text": "x"}), {"priority": True}),
+    (InvalidArguments, "max_retries must be an integer >= 0, got -1", ("echo", {"text": "x"}), {"max_retries": -1}),
+    (InvalidArguments, "callback must be callable, got 'x'", ("echo", {"text": "x"}), {"callback": "x"}),
+    (InvalidArguments, "on_done must be callable, got 42", ("echo", {"text": "x"}), {"on_done": 42}),
+]
+
+
+@pytest.mark.parametrize("through", ["submit", "scheduler proxy"])
 def test_invalid_submissions_are_rejected_and_nothing_is_queued(
-    start_runtime: Callable[..., Runtime], registry: Path
+    start_runtime: Callable[..., Runtime], registry: Path, through: str
 ) -> None:
+    # The scheduler's proxy is public (the rt.scheduler.submit): it checks what it
+    # is given as submit does, so nothing unchecked reaches the queue or the store.
     rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if through == "submit":
+            return rt.submit(*args, **kwargs)
+        return rt.scheduler.submit(*args, **kwargs).get(timeout=5)
+
     before = rt.queue_stats()
-    cases: list[tuple[type[Exception], str, Callable[[], Any]]] = [
-        (InvalidArguments, "argument 'text' is required", lambda: rt.submit("echo", {})),
-        (InvalidArguments, "argument 'text' is required", lambda: rt.submit("echo")),
-        (InvalidArguments, "argument 'text' must be of type string, got int", lambda: rt.submit("echo", {"text": 5})),
-        (InvalidArguments, "argument 'count' must be of type integer, got bool",
-         lambda: rt.submit("echo", {"text": "x", "count": True})),
-        (InvalidArguments, r"unknown argument\(s\) bogus", lambda: rt.submit("echo", {"text": "x", "bogus": 1})),
-        (InvalidArguments, "arguments must be an object", lambda: rt.submit("echo", ["x"])),  # type: ignore[arg-type]
-        (InvalidArguments, "argument 'token' must be of type string, got NoneType",
-         lambda: rt.submit("record", {"token": None})),
-        (ScriptNotFound, "unknown script 'nope'", lambda: rt.submit("nope", {})),
-        (InvalidArguments, "priority must be high, normal or low, got 'urgent'",
-         lambda: rt.submit("echo", {"text": "x"}, priority="urgent")),
-        (InvalidArguments, "priority must be high, normal or low, got 3",
-         lambda: rt.submit("echo", {"text": "x"}, priority=3)),
-        (InvalidArguments, "priority must be high, normal or low, got True",
-         lambda: rt.submit("echo", {"text": "x"}, priority=True)),  # type: ignore[arg-type]
-        (InvalidArguments, "max_retries must be an integer >= 0, got -1",
-         lambda: rt.submit("echo", {"text": "x"}, max_retries=-1)),
-    ]
-    for error, message, call in cases:
+    for error, message, args, kwargs in _INVALID:
         with pytest.raises(error, match=message):
-            call()
+            call(*args, **kwargs)
     assert rt.queue_stats() == before
     assert before["queue_size"] == 0 and before["running_jobs"] == 0
-    # A valid submission still works afterwards.
-    assert rt.run("echo", {"text": "ok"}, timeout=10)["status"] == "succeeded"
+    # A valid submission still works afterwards, a priority given by name too.
+    job = call("echo", {"text": "ok"}, "high")
+    assert rt.wait_job(job, timeout=10)["status"] == "succeeded"
+    assert rt.status(job)["priority"] == 0
+
+
+def test_the_scheduler_proxy_takes_script_ids_in_batches_too(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, **quiet())
+    with pytest.raises(InvalidArguments, match=r"job #2: script 'record'"):
+        rt.scheduler.submit_many([("record", {"token": "a"}), ("record", {"token": 3})]).get(timeout=5)
+    with pytest.raises(InvalidArguments, match=r"job #1: expected a \(script id, arguments\) pair"):
+        rt.scheduler.submit_many(["record"]).get(timeout=5)
+    ids = rt.scheduler.submit_many([("record", {"token": "p"})], "low").get(timeout=5)
+    assert rt.wait_job(ids[0], timeout=5)["status"] == "succeeded"
+    assert helpers.CALLS == ["p"]
+
+
+def test_a_record_with_an_invalid_priority_in_the_store_fails_alone(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    # Written by an older version that took any priority through the scheduler's proxy:
+    # it used to stop every start on the store.
+    store_dir = tmp_path / "store"
+    store = SqliteStore(store_dir)
+    bad = JobRecord.new("record", {"token": "bad"})
+    bad.priority = "high"  # type: ignore[assignment]
+    good = JobRecord.new("record", {"token": "good"})
+    store.add_many([bad, good])
+    store.close()
+    rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
+    assert rt.wait_job(good.id, timeout=5)["status"] == "succeeded"
+    status = rt.status(bad.id)
+    assert status["status"] == "failed" and status["error"] == "invalid priority 'high' in the store"
+    assert helpers.CALLS == ["good"]
 
 
 # --- worker crashes ---------------------------------------------------------------------
