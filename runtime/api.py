@@ -9,42 +9,21 @@ exact and the cache's state stays the actor's own.
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections import deque
 from typing import Any
 
 from runtime.errors import ConfigError
-from runtime.messages import FacadeHits
 from runtime.registry import Script
 from runtime.runtime import Runtime
+from runtime.store import MemoryStore
 
 __all__ = ["RegistryCache", "init_cache"]
-
-#: Hits the facade serves before it reports them to the CacheActor.
-HIT_BATCH = 256
-
-_facade_ids = itertools.count(1)
-
-
-def _count_value(counter: itertools.count[int]) -> int:
-    """Read an ``itertools.count`` without advancing it.
-
-    ``next()`` on a count is one atomic C call, which is why the facade counts
-    hits with one: no lock and no lost increment across threads.
-    """
-    return int(repr(counter)[len("count("):-1])
-
 
 class RegistryCache:
     """A registry cache backed by a running runtime (see :func:`init_cache`)."""
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._view = runtime.cache_view
-        self._id = next(_facade_ids)
-        self._hits = itertools.count()
-        self._recent: deque[str] = deque(maxlen=HIT_BATCH)
 
     def get_script(self, script_id: str) -> Script:
         """The registry entry ``script_id``.
@@ -53,20 +32,12 @@ class RegistryCache:
             ScriptNotFound: no such script.
             RuntimeStopped: the runtime behind this cache is stopped.
         """
-        script = self._view.entries.get(script_id)
-        if script is not None:
-            served = next(self._hits) + 1
-            self._recent.append(script_id)
-            if served % HIT_BATCH == 0:
-                self._report(served)
-            return script
-        return self.runtime.cache.get_script(script_id).get(timeout=self.runtime.settings.ask_timeout)
+        return self.runtime.script(script_id)
 
     def get_stats(self) -> dict[str, Any]:
         """``hits``, ``misses``, ``evictions``, ``hit_rate``, ``memory_usage`` (bytes) and
-        more, counting every lookup made before this call."""
-        self._report(_count_value(self._hits))
-        return dict(self.runtime.cache.stats().get(timeout=self.runtime.settings.ask_timeout))
+        more, counting every lookup made before this call (by the runtime's jobs too)."""
+        return self.runtime.cache_stats()
 
     def close(self) -> None:
         """Stop the runtime behind this cache."""
@@ -78,10 +49,6 @@ class RegistryCache:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _report(self, total: int) -> None:
-        recent = tuple(self._recent.copy())  # deque.copy is one C call: safe against appends
-        self.runtime.ref("cache").tell(FacadeHits(self._id, total, recent))
-
 
 def init_cache(
     registry_path: str | os.PathLike[str] = "registry.json",
@@ -90,6 +57,10 @@ def init_cache(
     **settings: Any,
 ) -> RegistryCache:
     """Start a runtime on ``registry_path`` and return its cache.
+
+    The runtime behind a cache keeps no job store on disk and runs one idle worker: the
+    job store folder belongs to the runtime that runs jobs, and ``init_queue`` or
+    ``ToolExecutionService`` in the same process must be able to claim it.
 
     Args:
         registry_path: the registry file.
@@ -103,4 +74,6 @@ def init_cache(
     """
     if redis_url:
         raise ConfigError("redis_url: the Redis cache level is not available yet in this version")
+    settings.setdefault("store_factory", MemoryStore)
+    settings.setdefault("job_concurrency", 1)
     return RegistryCache(Runtime.start(registry_path, cache_size=cache_size, **settings))

@@ -3,7 +3,10 @@ good version of that file, and exact counters. The CacheActor wraps it."""
 
 from __future__ import annotations
 
+import itertools
 import logging
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -11,7 +14,7 @@ from typing import Any
 
 from runtime.errors import RegistryError, ScriptNotFound
 from runtime.lru import LruCache
-from runtime.messages import RegistryLoaded, RegistryRejected
+from runtime.messages import FacadeHits, RegistryLoaded, RegistryRejected
 from runtime.registry import Registry, Script, parse_registry
 
 __all__ = ["CacheMemory", "CacheView", "RegistryCacheCore"]
@@ -50,6 +53,52 @@ class CacheView:
 
     def __init__(self) -> None:
         self.entries: MappingProxyType[str, Script] = MappingProxyType({})
+
+
+#: Hits served from the published view before they are reported to the CacheActor.
+HIT_BATCH = 256
+
+_counter_ids = itertools.count(1)
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    """Read an ``itertools.count`` without advancing it.
+
+    ``next()`` on a count is one atomic C call, which is why hits are counted with
+    one: no lock and no lost increment across threads.
+    """
+    return int(repr(counter)[len("count("):-1])
+
+
+class ViewHits:
+    """Counts the lookups served from a :class:`CacheView`, from any thread and without a
+    lock, and reports them to the CacheActor (``report(FacadeHits)``) every ``HIT_BATCH``
+    hits and on :meth:`flush`, so its figures stay exact and its state its own."""
+
+    def __init__(self, report: Callable[[FacadeHits], None]) -> None:
+        self._id = next(_counter_ids)
+        self._hits = itertools.count()
+        self._recent: deque[str] = deque(maxlen=HIT_BATCH)
+        self._reported = 0
+        self._report = report
+
+    def hit(self, script_id: str) -> None:
+        served = next(self._hits) + 1
+        self._recent.append(script_id)
+        if served % HIT_BATCH == 0:
+            self._send(served)
+
+    def flush(self) -> None:
+        """Report every hit so far, if any came since the last report (a total: reporting
+        twice never counts twice)."""
+        total = _count_value(self._hits)
+        if total != self._reported:
+            self._send(total)
+
+    def _send(self, total: int) -> None:
+        recent = tuple(self._recent.copy())  # deque.copy is one C call: safe against appends
+        self._reported = total  # threads may race here: at worst a total is sent again
+        self._report(FacadeHits(self._id, total, recent))
 
 
 class RegistryCacheCore:

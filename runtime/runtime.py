@@ -4,6 +4,7 @@ stops it in reverse; the user's handle on a running runtime."""
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import os
@@ -23,7 +24,7 @@ from runtime.executors import validate_arguments
 from runtime.messages import InjectFault
 from runtime.pools import ConnectionPools
 from runtime.registry import Script, load_registry
-from runtime.registry_cache import CacheMemory, CacheView
+from runtime.registry_cache import CacheMemory, CacheView, ViewHits
 from runtime.scheduling import (SchedulerMemory, check_callbacks, check_max_retries, checked_jobs, new_job,
                                 priority_level)
 from runtime.start_marks import marks_folder
@@ -66,6 +67,8 @@ class Runtime:
         self._owns_clock = clock is None
         self.directory = Directory()
         self.cache_view = CacheView()
+        # Lookups served from the view (``script``, every submit) count as the cache's hits.
+        self._view_hits = ViewHits(lambda hits: self.ref("cache").tell(hits))
         self._stats = StatsAccumulator()
         self._cache_memory = CacheMemory()
         self._scheduler_memory = SchedulerMemory()
@@ -334,9 +337,16 @@ class Runtime:
             ScriptNotFound: no such script.
         """
         script = self.cache_view.entries.get(script_id)
-        if script is None:
-            script = self.cache.get_script(script_id).get(timeout=self.settings.ask_timeout)
+        if script is None:  # the CacheActor counts its own lookups
+            return self.cache.get_script(script_id).get(timeout=self.settings.ask_timeout)  # type: ignore[no-any-return]
+        self._view_hits.hit(script_id)
         return script
+
+    def cache_stats(self) -> dict[str, Any]:
+        """The cache's figures (``hits``, ``misses``, ``evictions``, ``hit_rate``,
+        ``memory_usage``...), counting every lookup made before this call."""
+        self._view_hits.flush()
+        return dict(self.cache.stats().get(timeout=self.settings.ask_timeout))
 
     def submit(
         self,
@@ -523,6 +533,8 @@ class Runtime:
         """Every figure: each actor reports its pending counts before the snapshot (exact,
         except for a worker busy with a long job, whose count follows later)."""
         timeout = self.settings.ask_timeout
+        with contextlib.suppress(pykka.ActorDeadError, RuntimeStopped):
+            self._view_hits.flush()
         for name in self.directory.names():
             if name in ("supervisor", "stats"):
                 continue

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from runtime import RegistryError, Runtime, ScriptNotFound, init_cache
-from runtime.api import HIT_BATCH
+from runtime.registry_cache import HIT_BATCH
 from runtime.lru import deep_size
 from runtime.testing import write_registry
 

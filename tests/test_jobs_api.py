@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import InvalidArguments, JobPriority, ScriptNotFound, ToolExecutionService, init_queue
+from runtime import InvalidArguments, JobPriority, ScriptNotFound, ToolExecutionService, init_cache, init_queue
 from runtime.testing import write_registry
 
 
@@ -116,3 +116,24 @@ def test_enable_cache_false_keeps_nothing_so_every_lookup_reads_the_file(tmp_pat
         stats = tes.cache.get_stats()
         assert (stats["hits"], stats["misses"], stats["evictions"]) == (0, 3, 0)
         assert tes.execute("echo", {"text": "x"})["status"] == "succeeded"
+
+
+def test_the_specifications_components_work_together_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # All three on one registry with the default job store folder: the cache's runtime
+    # keeps no job store, so the job runtime can claim the folder.
+    monkeypatch.delenv("JOB_STORAGE_PATH", raising=False)
+    registry = _registry(tmp_path)
+    cache = init_cache(str(registry), cache_size=100, watcher="polling")
+    try:
+        with ToolExecutionService(str(registry), watcher="polling") as tes:
+            assert cache.get_script("echo").id == "echo"
+            assert tes.execute("echo", {"text": "together"})["result"]["stdout"] == "together\n"
+            for _ in range(4):
+                tes.execute("echo", {"text": "again"})
+            stats = tes.cache.get_stats()  # the executions' lookups are the cache's hits
+            assert stats["hits"] >= 4 and stats["misses"] <= 1
+            assert (tmp_path / ".jobs").is_dir()
+    finally:
+        cache.close()
