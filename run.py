@@ -18,13 +18,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from runtime import ActorRuntimeError, InvalidArguments, Runtime, load_registry
+from runtime.config import load_settings
 
 logger = logging.getLogger("run")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=None,
+    parser.add_argument("--log-level", default=None, type=str.upper,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
                         help="logging level (default INFO; WARNING for run, whose output is its progress bar)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -45,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
 
     check = sub.add_parser("check", help="validate a registry and list its scripts")
-    check.add_argument("--registry", default="registry.json")
+    check.add_argument("--registry", default=None, help="registry file (default: REGISTRY_PATH or ./registry.json)")
     return parser
 
 
@@ -111,22 +113,40 @@ def _arguments(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def _progress_bar(job_id: str, fraction: float, message: str) -> None:
-    width = 30
-    filled = round(fraction * width)
-    print(f"\r[{'#' * filled}{' ' * (width - filled)}] {fraction:4.0%} {message[:40]:<40}", end="",
-          file=sys.stderr, flush=True)
+class _ProgressBar:
+    """Draws a job's progress on stderr until it is switched off."""
+
+    def __init__(self) -> None:
+        self.on = True
+
+    def __call__(self, job_id: str, fraction: float, message: str) -> None:
+        if not self.on:
+            return
+        width = 30
+        filled = round(fraction * width)
+        print(f"\r[{'#' * filled}{' ' * (width - filled)}] {fraction:4.0%} {message[:40]:<40}", end="",
+              file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
+    bar = _ProgressBar()
     with Runtime.start(args.registry) as rt:
-        job_id = rt.submit(args.script, _arguments(rt, args), args.priority, callback=_progress_bar)
+        job_id = rt.submit(args.script, _arguments(rt, args), args.priority, callback=bar)
         print(f"job {job_id} queued", file=sys.stderr)
         try:
             final = rt.wait_job(job_id, args.timeout)
         except TimeoutError:
-            print(f"\njob {job_id} still running after {args.timeout} s; it stays in the store", file=sys.stderr)
+            bar.on = False
+            print(f"\njob {job_id} still running after {args.timeout:g} s: stopped; it stays in the store "
+                  f"({rt.settings.job_storage_path}) and the next start runs it again", file=sys.stderr)
+            rt.stop(drain=0)  # no drain: the attempt is interrupted, and retried by the next start
             return 3
+        except KeyboardInterrupt:
+            bar.on = False
+            rt.cancel(job_id)
+            print(f"\njob {job_id} cancelled (interrupted)", file=sys.stderr)
+            rt.stop(drain=0)
+            return 130
         print(file=sys.stderr)
         result = final.get("result") or {}
         if result.get("stdout"):
@@ -139,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    registry = load_registry(args.registry)
+    registry = load_registry(load_settings(registry_path=args.registry).registry_path)
     for script in registry.values():
         arguments = ", ".join(
             f"{name}:{spec.type}{'' if spec.required else '?'}" for name, spec in script.arguments.items()
@@ -152,7 +172,7 @@ def _check(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = args.log_level or ("WARNING" if args.command == "run" else "INFO")
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: dict[str, Any] = {"serve": _serve, "run": _run, "check": _check}
     try:
         return int(handlers[args.command](args))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -126,7 +126,7 @@ class SchedulerActor(SupervisedActor):
         self._rng = rng
         self.memory = memory or SchedulerMemory()
         self.core: SchedulerCore | None = None
-        self._scripts: dict[str, Script] = {}
+        self._scripts = self.memory.scripts
         self._progress_callbacks = self.memory.progress_callbacks
         self._waiters = self.memory.waiters
         self._worker_refs = self.memory.worker_refs
@@ -498,6 +498,8 @@ class SchedulerActor(SupervisedActor):
                     self._callbacks.post(callback, message.job_id, message.fraction, message.message,
                                          job_id=message.job_id)
         elif isinstance(message, WorkerReady):
+            if message.urn in self.memory.gone_workers:
+                return None  # an instance given up on, answering a ReportReady on its way out
             # The ref comes with the message: a new instance may say it is ready
             # before the supervisor has put it in the directory.
             self._worker_refs[message.worker] = message.ref
@@ -516,6 +518,8 @@ class SchedulerActor(SupervisedActor):
             self._flush_quietly()
         elif isinstance(message, ChildDown):
             self._worker_refs.pop(message.name, None)
+            if message.urn:
+                self.memory.gone_workers.add(message.urn)
             job_id = core.worker_lost(message.name)
             if job_id is not None:
                 self._cancel_timer(job_id)
@@ -583,16 +587,17 @@ class SchedulerActor(SupervisedActor):
             core.policies[script.id] = RetryPolicy(settings.retry_backoff_min, settings.retry_backoff_max)
 
     def _load_scripts(self, script_ids: list[str]) -> None:
-        """Scripts of recovered jobs come from the registry file (no ask to the cache)."""
+        """Scripts of recovered jobs come from the registry file (no ask to the cache); while
+        the file is invalid (an edit in progress), from what this process knew of them."""
         if not script_ids:
             return
+        registry: Mapping[str, Script] | None = None
         try:
             registry = load_registry(self.context.settings.registry_path)
         except ActorRuntimeError as e:
-            logger.warning("cannot read the registry for recovered jobs: %s", e)
-            return
+            logger.warning("cannot read the registry for recovered jobs, using the scripts known before: %s", e)
         for script_id in set(script_ids):
-            script = registry.get(script_id)
+            script = self._scripts.get(script_id) if registry is None else registry.get(script_id)
             if script is not None:
                 self._remember(script)
 
@@ -691,6 +696,8 @@ class SchedulerActor(SupervisedActor):
         run.cancel.cancel()
         worker = run.worker
         ref = self._worker_refs.pop(worker, None) or self.context.directory.get(worker)
+        if ref is not None:
+            self.memory.gone_workers.add(ref.actor_urn)
         error = f"worker {worker} hung: attempt {attempt} outlived its deadline"
         logger.warning("job %s: %s", job_id, error)
         core.worker_lost(worker)

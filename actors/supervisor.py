@@ -151,7 +151,7 @@ class SupervisorActor(pykka.ThreadingActor):
         name = message.name
         if notify and name != "scheduler":
             # The scheduler retries whatever job the failed child was running.
-            self._directory.tell("scheduler", ChildDown(name, message.error))
+            self._directory.tell("scheduler", ChildDown(name, message.error, message.urn))
         self._current.pop(name, None)
         self._directory.set(name, None)
         self._last_failure[name] = message.error

@@ -93,10 +93,11 @@ class InjectFault:
 
 @dataclass(frozen=True, slots=True)
 class ChildDown:
-    """Supervisor → SchedulerActor: child ``name`` failed (or was replaced) with ``error``."""
+    """Supervisor → SchedulerActor: child ``name`` (its instance ``urn``) failed with ``error``."""
 
     name: str
     error: str
+    urn: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,6 +175,11 @@ class SchedulerMemory:
     retired: set[str] = field(default_factory=set)
     #: The start marks were recorded in the store (once per process, retried until it works).
     marks_applied: bool = False
+    #: The scripts of the jobs submitted or recovered, by id (their latest version).
+    scripts: dict[str, Script] = field(default_factory=dict)
+    #: Worker instances (urns) that failed or were replaced: a late ``WorkerReady`` of
+    #: theirs must not take their name back from the instance that replaced them.
+    gone_workers: set[str] = field(default_factory=set)
 
     def close(self) -> None:
         """Close the store (idempotent); the runtime calls it once its actors are gone."""

@@ -1300,3 +1300,62 @@ def test_each_completion_waiter_gets_a_status_of_its_own(
     assert done.wait(5)
     assert seen[0]["status"] == "succeeded"
     assert [a["status"] for a in seen[0]["attempts"]] == ["succeeded"]
+
+
+def test_a_replaced_worker_answering_an_old_report_ready_does_not_take_its_name_back(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    clock = ManualClock()
+    rt = start_runtime(registry, clock=clock, job_concurrency=1, retry_rng=lambda: 1.0, retry_backoff_min=1.0,
+                       retry_backoff_max=1.0, backoff_min=0.5, backoff_max=0.5, store_factory=MemoryStore,
+                       **quiet())
+    old_worker = rt.ref("worker-0")
+    job = rt.submit("hang_once", {"name": "h"})
+    assert helpers.started("h").wait(5)
+    # 1. The scheduler restarts while worker-0 is busy: the new instance adopts the attempt
+    #    and tells worker-0 ReportReady, which waits in its inbox behind the hung call.
+    old_sched = inject_fault(rt, "scheduler")
+    wait_until(lambda: rt.directory.get("scheduler") is None, message="scheduler not down")
+    wait_until(lambda: len(soon(clock)) == 1, message="no scheduler restart scheduled")
+    clock.advance(0.5)
+    wait_until(lambda: replaced(rt, "scheduler", old_sched), message="scheduler not restarted")
+    wait_until(lambda: rt.queue_stats()["running_jobs"] == 1, message="attempt not adopted")
+    # 2. The adopted attempt outlives its deadline: worker-0 is replaced, the job retried.
+    clock.advance(1.0 + HANG_GRACE + 0.01)
+    wait_until(lambda: status_of(rt, job) == "retrying", message="hung attempt not given up")
+    wait_until(lambda: len(soon(clock)) == 2, message="worker restart and retry not scheduled")
+    clock.advance(0.5)  # the new worker-0
+    wait_until(lambda: replaced(rt, "worker-0", old_worker.actor_urn), message="worker-0 not replaced")
+    wait_until(lambda: rt.queue_stats()["idle_workers"] == 1, message="new worker-0 not idle")
+    clock.advance(0.5)  # the retry runs on the new worker-0
+    assert rt.wait_job(job, timeout=5)["status"] == "succeeded"
+    # 3. The abandoned instance returns, answers the old ReportReady (WorkerReady with its own
+    #    ref), then stops.
+    helpers.release("h")
+    wait_until(lambda: not old_worker.is_alive(), message="the abandoned worker did not stop")
+    # 4. A new job must run on the live worker-0.
+    nxt = rt.submit("record", {"token": "next"})
+    try:
+        wait_until(lambda: status_of(rt, nxt) == "succeeded", timeout=3)
+    except AssertionError:
+        raise AssertionError(f"job never ran: {rt.status(nxt)['status']} {rt.status(nxt)['attempts']}, "
+                             f"{rt.queue_stats()}") from None
+
+
+def test_a_scheduler_restart_while_the_registry_file_is_invalid_does_not_fail_recovered_jobs(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=1, backoff_min=0.001, backoff_max=0.01, **quiet())
+    running = rt.submit("block", {"name": "r"})
+    assert helpers.started("r").wait(5)
+    queued = rt.submit("record", {"token": "queued"})
+    good = registry.read_text()
+    registry.write_text("{ this is being edited")  # invalid for a while: the last good version stays in force
+    old = inject_fault(rt, "scheduler")
+    wait_until(lambda: replaced(rt, "scheduler", old), message="scheduler not restarted")
+    registry.write_text(good)
+    helpers.release("r")
+    assert rt.wait_job(running, timeout=5)["status"] == "succeeded"
+    final = rt.wait_job(queued, timeout=5)
+    assert final["status"] == "succeeded", (final["status"], final["error"])
+
