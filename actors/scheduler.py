@@ -139,6 +139,7 @@ class SchedulerActor(SupervisedActor):
         self._deadline_timer: TimerHandle | None = None
         self._deadline_due = 0.0
         self._draining = False
+        self._interrupting = False  # the runtime stops: reports of attempts it stopped are not kept
         self._failed = False
         self._flush_retry_armed = False
         # The commit window runs on real time even under a test's fake clock: it only
@@ -414,6 +415,14 @@ class SchedulerActor(SupervisedActor):
     def running_count(self) -> int:
         return len(self._core().running)
 
+    def interrupt(self) -> None:
+        """Stop the running attempts (the runtime stops, the drain is over): their jobs stay
+        ``running`` in the store, and the next start retries them as interrupted, as if the
+        process had been killed. Reports of attempts that ended all the same still count."""
+        self._interrupting = True
+        for run in self._core().running.values():
+            run.cancel.cancel()  # a python job on a worker thread cannot be stopped: it runs on
+
     def flush_stats(self) -> None:
         super().flush_stats()
         if self.core is not None:
@@ -477,6 +486,8 @@ class SchedulerActor(SupervisedActor):
             self._accept_submitted(message.record, message.script)
         elif isinstance(message, JobFinished):
             run = core.running.get(message.job_id)
+            if self._interrupting and run is not None and message.result.get("status") == "cancelled":
+                return None  # stopped by interrupt(): left running in the store, for the next start
             if run is not None and run.attempt == message.attempt:
                 self._deadlines.pop(message.job_id, None)
             result = message.result

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,8 @@ class Runtime:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._lifecycle = threading.Lock()  # guards start/stop of this handle, not actor state
+        self._blocked: set[_Waiter] = set()  # threads in wait_job or run, released by stop
+        self._blocked_lock = threading.Lock()
         self._escalation: str | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
         self._proxies: dict[str, Any] = {}
@@ -238,6 +240,9 @@ class Runtime:
             self.callbacks.close()
             self._proxies.clear()
             self._stopped.set()
+        with self._blocked_lock:
+            for waiter in self._blocked:
+                waiter.release()
         atexit.unregister(self.stop)
         logger.info("runtime stopped")
 
@@ -246,7 +251,7 @@ class Runtime:
             return  # stopped, failing, or never started: nothing to drain
         try:
             scheduler = self.proxy("scheduler")
-            if scheduler.drain().get(timeout=self.settings.ask_timeout) == 0 or seconds <= 0:
+            if scheduler.drain().get(timeout=self.settings.ask_timeout) == 0:
                 return
             deadline = time.monotonic() + seconds
             pause = threading.Event()
@@ -255,6 +260,8 @@ class Runtime:
                     return
                 pause.wait(0.01)
             logger.warning("drain: jobs still running after %.1f s are stopped and will be retried", seconds)
+            # Stopped now, not when each worker's stop times out behind its attempt.
+            scheduler.interrupt().get(timeout=self.settings.ask_timeout)
         except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped):
             pass  # nothing left to drain
 
@@ -474,16 +481,35 @@ class Runtime:
         Raises:
             JobNotFound: no such job.
             TimeoutError: not finished within ``timeout`` seconds.
+            RuntimeStopped: the runtime stopped first (the job stays in the store).
         """
-        waiter = _Waiter()
-        self.when_done(job_id, waiter)
-        return waiter.result(job_id, timeout)
+        with self._blocking() as waiter:
+            self.when_done(job_id, waiter)
+            return waiter.result(job_id, timeout)
 
     def run(self, script_id: str, arguments: dict[str, Any] | None = None, timeout: float | None = None,
             **options: Any) -> dict[str, Any]:
-        """Submit a job and wait for its end; its final status."""
+        """Submit a job and wait for its end; its final status.
+
+        Raises:
+            as :meth:`submit`; TimeoutError as :meth:`wait_job`; RuntimeStopped: the
+            runtime stopped first (the job stays in the store).
+        """
+        with self._blocking() as waiter:
+            return waiter.result(self.submit(script_id, arguments, on_done=waiter, **options), timeout)
+
+    @contextlib.contextmanager
+    def _blocking(self) -> Iterator[_Waiter]:
+        """A waiter that ``stop`` releases, so no thread blocks on a job of a stopped runtime."""
         waiter = _Waiter()
-        return waiter.result(self.submit(script_id, arguments, on_done=waiter, **options), timeout)
+        with self._blocked_lock:
+            self._check_running()
+            self._blocked.add(waiter)
+        try:
+            yield waiter
+        finally:
+            with self._blocked_lock:
+                self._blocked.discard(waiter)
 
     def resize_workers(self, count: int, drain: float | None = None) -> None:
         """Grow or shrink the worker pool to ``count`` WorkerActors, without a restart.
@@ -580,9 +606,16 @@ class _Waiter:
         self._status = status
         self._done.set()
 
+    def release(self) -> None:
+        """The runtime stopped: the job will not finish in this process."""
+        self._done.set()
+
     def result(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         if not self._done.wait(timeout):
             raise TimeoutError(f"job {job_id} did not finish within {timeout} s")
+        if not self._status:
+            raise RuntimeStopped(f"the runtime stopped before job {job_id} finished (it stays in the store "
+                                 "and the next start runs it)")
         return self._status
 
 

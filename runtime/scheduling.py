@@ -238,9 +238,12 @@ class SchedulerCore:
     def restore(self, record: JobRecord) -> JobState:
         """Take back an unfinished job found in the store at start-up.
 
+        An interrupted job runs again even when the interrupted attempt was its last
+        allowed one: the process's end is not the job's failure. Only a job interrupted
+        twice, past its limit, fails (one that takes the process down must not loop).
+
         Returns:
-            ``queued``/``retrying`` (it will run), or ``failed`` when the interrupted
-            attempt was its last allowed one.
+            ``queued``/``retrying`` (it will run), or ``failed``.
         """
         self.jobs[record.id] = record
         if type(record.priority) is not int or not 0 <= record.priority <= 2:  # noqa: E721 - not a bool either
@@ -248,7 +251,8 @@ class SchedulerCore:
             # keeps the queue, and every start after this one, working.
             return self._close(record, JobState.FAILED, None, f"invalid priority {record.priority!r} in the store").state
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
-        if record.state is JobState.RETRYING and len(record.attempts) - 1 >= limit:
+        interrupted = sum(1 for attempt in record.attempts if attempt.get("status") == "interrupted")
+        if record.state is JobState.RETRYING and len(record.attempts) - 1 >= limit and interrupted != 1:
             return self._close(record, JobState.FAILED, None, record.attempts[-1].get("error") or "interrupted").state
         if record.state is JobState.RETRYING and record.not_before > self.wall():
             self._waiting_retry.add(record.id)  # its backoff goes on across the restart: see retry_in

@@ -32,7 +32,7 @@ from runtime.registry import Script
 from runtime.start_marks import StartMarker, marks_folder
 from runtime.store import INTERRUPTED_ERROR, JobRecord, MemoryStore, SqliteStore
 from runtime.submit_journal import SubmitJournal, parse
-from runtime.testing import inject_fault, replaced, wait_until, write_registry
+from runtime.testing import inject_fault, process_gone, replaced, wait_until, write_registry
 from tests import jobs_helpers as helpers
 
 PY = sys.executable
@@ -723,6 +723,70 @@ def test_drain_finishes_running_jobs_and_keeps_queued_ones_for_the_next_start(
         assert rt2.wait_job(job, timeout=5)["status"] == "succeeded"
     assert helpers.CALLS == ["drained", "q0", "q1", "q2"]
     assert rt2.status(running)["status"] == "succeeded"
+
+
+def test_a_job_still_running_after_the_drain_is_stopped_at_once_and_run_again_next_start(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_dir = tmp_path / "jobs"
+    rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=1, ask_timeout=3, **quiet())
+    pids: list[str] = []
+    started = threading.Event()
+
+    def on_progress(job_id: str, fraction: float, message: str) -> None:
+        pids.append(message)
+        started.set()
+
+    job = rt.submit("sleeper", max_retries=1, callback=on_progress)
+    assert started.wait(10)
+    with caplog.at_level("ERROR", logger="runtime.runtime"):
+        rt.stop(drain=0)
+    # Its worker was free to stop at once: the attempt was stopped before the actors were.
+    assert not [r for r in caplog.records if "did not stop" in r.getMessage()]
+    assert process_gone(int(pids[0]))
+    store = SqliteStore(store_dir)
+    try:
+        record = store.get(job)
+        assert record is not None and record.state.value == "running"  # as if the process had been killed
+    finally:
+        store.close()
+    rt2 = start_runtime(registry, job_storage_path=store_dir, job_concurrency=1, **quiet())
+    wait_until(lambda: len(rt2.status(job)["attempts"]) == 2 and rt2.status(job)["status"] == "running",
+               message="the interrupted job did not run again")
+    assert rt2.status(job)["attempts"][0]["status"] == "interrupted"
+    assert rt2.cancel(job)
+
+
+def test_threads_waiting_for_jobs_are_released_when_the_runtime_stops(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=1, **quiet())
+    started = threading.Event()
+    job = rt.submit("sleeper", callback=lambda *_: started.set())
+    assert started.wait(10)
+    errors: list[BaseException] = []
+    ready = threading.Barrier(3)
+
+    def wait_for(call: Callable[[], Any]) -> None:
+        ready.wait(5)
+        try:
+            call()
+        except BaseException as e:  # noqa: BLE001 - what it raised is what the test checks
+            errors.append(e)
+
+    waiting = [threading.Thread(target=wait_for, args=(lambda: rt.wait_job(job),)),
+               threading.Thread(target=wait_for, args=(lambda: rt.run("record", {"token": "behind"}),))]
+    for thread in waiting:
+        thread.start()
+    ready.wait(5)
+    wait_until(lambda: rt.queue_stats()["queue_size"] == 1, message="the second job was not queued")
+    rt.stop(drain=0)
+    for thread in waiting:
+        thread.join(10)
+        assert not thread.is_alive(), "a thread still waits for a job of a stopped runtime"
+    assert len(errors) == 2 and all(isinstance(e, RuntimeStopped) for e in errors), errors
+    with pytest.raises(RuntimeStopped):
+        rt.wait_job(job)
 
 
 # --- hung workers -----------------------------------------------------------------------

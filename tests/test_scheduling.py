@@ -313,16 +313,30 @@ def _crashed_store(max_retries: int | None, earlier_failures: int = 0) -> tuple[
     return store, record.id
 
 
-def test_restore_of_an_interrupted_job_with_no_retries_left_fails_it() -> None:
+def test_restore_runs_an_interrupted_job_again_even_with_no_retries_left() -> None:
     store, job = _crashed_store(max_retries=0)
     (pending,) = recover(store)
     assert pending.state is JobState.RETRYING
+    core = SchedulerCore(store, Wall(), 3)
+    assert core.restore(pending) is JobState.RETRYING  # the process ended, not the job
+    core.worker_ready("w0")
+    (start,) = core.dispatch()
+    assert start.record.id == job and start.attempt == 2
+
+
+def test_restore_fails_a_job_interrupted_twice_past_its_limit() -> None:
+    store, job = _crashed_store(max_retries=0)
+    (pending,) = recover(store)
+    pending.attempts.append({"number": 2, "started_at": 4.0, "finished_at": None, "error": None, "status": "running"})
+    pending.state = JobState.RUNNING
+    store.update_many([pending])
+    (pending,) = recover(store)  # killed again while it ran its extra attempt
     core = SchedulerCore(store, Wall(), 3)
     assert core.restore(pending) is JobState.FAILED
     core.flush()
     stored = store.get(job)
     assert stored is not None and stored.state is JobState.FAILED
-    assert stored.attempts[-1]["status"] == "interrupted"
+    assert [a["status"] for a in stored.attempts] == ["interrupted", "interrupted"]
     assert stored.error == INTERRUPTED_ERROR
     assert core.failed == 1 and job not in core.jobs
     core.worker_ready("w0")
@@ -350,10 +364,15 @@ def test_restore_keeps_a_retrying_job_waiting_out_its_backoff() -> None:
 
 
 def test_restore_counts_earlier_failures_against_the_limit() -> None:
-    store, job = _crashed_store(max_retries=2, earlier_failures=2)
+    store, job = _crashed_store(max_retries=2, earlier_failures=2)  # interrupted in its last attempt
     (pending,) = recover(store)
     core = SchedulerCore(store, Wall(), 3)
-    assert core.restore(pending) is JobState.FAILED
+    assert core.restore(pending) is JobState.RETRYING  # runs once more: the process ended, not the job
+    core.worker_ready("w0")
+    (start,) = core.dispatch()
+    assert (start.record.id, start.attempt) == (job, 4)
+    outcome = core.finished(job, 4, {"status": "failed", "error": "e4"})
+    assert outcome is not None and outcome.state is JobState.FAILED  # a failure of its own: no more
     store, job = _crashed_store(max_retries=None, earlier_failures=2)  # default limit 3: one retry left
     (pending,) = recover(store)
     core = SchedulerCore(store, Wall(), 3)
