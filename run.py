@@ -132,8 +132,8 @@ def _run(args: argparse.Namespace) -> int:
     bar = _ProgressBar()
     with Runtime.start(args.registry) as rt:
         job_id = rt.submit(args.script, _arguments(rt, args), args.priority, callback=bar)
-        print(f"job {job_id} queued", file=sys.stderr)
         try:
+            print(f"job {job_id} queued", file=sys.stderr, flush=True)
             final = rt.wait_job(job_id, args.timeout)
         except TimeoutError:
             bar.on = False

@@ -89,3 +89,52 @@ def test_run_shows_its_progress_bar_without_log_lines_by_default(tmp_path: Path)
     assert result.stdout == "Hello, Ada!\n"
     assert "100% done" in result.stderr and "succeeded after 1 attempt(s)" in result.stderr
     assert " INFO " not in result.stderr  # the runtime's INFO log would break the bar's line
+
+
+def _slow_registry(tmp_path: Path) -> Path:
+    registry = tmp_path / "registry.json"
+    code = "import sys, time\nprint('::progress 0.1 going', flush=True)\ntime.sleep(60)"
+    registry.write_text(json.dumps({"scripts": [{"id": "slow", "command": [sys.executable, "-c", code],
+                                                 "timeout": 120}]}))
+    return registry
+
+
+def test_run_gives_up_waiting_at_its_timeout_and_leaves_the_job_to_the_next_start(tmp_path: Path) -> None:
+    registry = _slow_registry(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "run", "slow", "--timeout", "0.5", "--registry", str(registry)],
+        capture_output=True, text=True, timeout=60,
+        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
+    )
+    assert result.returncode == 3, result.stderr
+    assert "still running after 0.5 s: stopped; it stays in the store" in result.stderr
+    assert "did not stop" not in result.stderr  # its attempt was stopped before its worker
+    from runtime.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "jobs")
+    try:
+        (job,) = store.unfinished()
+    finally:
+        store.close()
+    assert job.state.value == "running"  # the next start runs it again
+
+
+def test_ctrl_c_during_run_cancels_the_job_and_says_so(tmp_path: Path) -> None:
+    registry = _slow_registry(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), "run", "slow", "--registry", str(registry)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
+    )
+    try:
+        assert proc.stderr is not None
+        queued = proc.stderr.readline()
+        assert queued.startswith("job ") and queued.endswith(" queued\n")
+        job = queued.split()[1]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert f"job {job} cancelled (interrupted)" in err
+    assert "Traceback" not in err
