@@ -10,6 +10,7 @@ never logged.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 _GRACE = 0.5  # seconds between SIGTERM and SIGKILL
 _DRAIN_TIMEOUT = 5.0  # seconds to wait for pipes still held open by a process that left the group
 _LONGEST_WAIT = 3600.0  # seconds poll() sleeps at most (it cannot take a timeout of years)
+#: Why a program cannot start, for good: not there, not executable, not a program.
+_CANNOT_RUN = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # the most a pipe takes in one write, atomically
 _ONE = (1).to_bytes(8, sys.byteorder)  # a wake-up: an eventfd takes 8-byte counters, a pipe any bytes
 #: Wake the loop through an eventfd rather than a pipe (the child's exit: ``runtime/child_exit.py``).
@@ -166,7 +169,11 @@ class CommandExecution:
             proc = subprocess.Popen(self.script.command, cwd=self.script.folder, stdin=stdin_read,
                                     stdout=stdout_write, stderr=stderr_write, process_group=0)
         except OSError as e:
-            return self._result("failed", started, None, f"cannot start {program!r}: {e.strerror or e}")
+            # A missing or non-executable program stays so: a retry would fail the same way.
+            # (EAGAIN, ENOMEM and the like are this machine's moment, and are retried.)
+            final = e.errno in _CANNOT_RUN
+            return self._result("failed", started, None, f"cannot start {program!r}: {e.strerror or e}",
+                                retryable=not final)
         for fd in (stdin_read, stdout_write, stderr_write):  # the child's ends: only it may hold them now
             fds.close(fd)
         try:
@@ -288,12 +295,14 @@ class CommandExecution:
             readers.pop(fd).close()
         return outcome
 
-    def _result(self, status: str, started: float, code: int | None, error: str | None) -> ExecutionResult:
+    def _result(self, status: str, started: float, code: int | None, error: str | None,
+                retryable: bool = True) -> ExecutionResult:
         duration = self._clock() - started
         log.info("script %r: %s in %.2fs", self.script.id, status, duration)
         out, err = self._stdout, self._stderr
         return ExecutionResult(status, code, out.text(), err.text(), duration, error=error,
-                               stdout_truncated=out.truncated, stderr_truncated=err.truncated)
+                               stdout_truncated=out.truncated, stderr_truncated=err.truncated,
+                               extra={} if retryable else {"retryable": False})
 
     @staticmethod
     def _signal(pid: int, sig: signal.Signals, *, child_too: bool = False) -> None:

@@ -226,15 +226,16 @@ def run_python(script: Script, arguments: Mapping[str, Any], on_progress: Progre
     require_kind(script, "python", "run_python")
     started = clock()
 
-    def done(status: str, error: str | None = None, value: Any = None) -> ExecutionResult:
+    def done(status: str, error: str | None = None, value: Any = None, retryable: bool = True) -> ExecutionResult:
         duration = clock() - started
         log.info("script %r: %s in %.2fs", script.id, status, duration)
-        return ExecutionResult(status, duration=duration, value=value, error=error)
+        return ExecutionResult(status, duration=duration, value=value, error=error,
+                               extra={} if retryable else {"retryable": False})
 
     try:
         function, wants_progress = load_callable(script.options.get("callable"))
-    except ValueError as e:
-        return done("failed", f"script {script.id!r}: {e}")
+    except ValueError as e:  # a retry would load the same registry entry: it fails the job now
+        return done("failed", f"script {script.id!r}: {e}", retryable=False)
     kwargs = dict(arguments)
     if wants_progress and "progress" not in kwargs:
         kwargs["progress"] = lambda fraction, message="": report_progress(script.id, on_progress, fraction, message)

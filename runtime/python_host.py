@@ -10,7 +10,8 @@ Protocol: JSON lines, one request at a time (never pickle: serialisation is JSON
 - out, once at start: ``{"ready": true}`` (start-up is over; it is not a job's time).
 - in, on stdin: ``{"script": "<id>", "callable": "pkg.mod:fn", "arguments": {...}}``
 - out, on stdout, per request: any number of ``{"progress": [fraction, message]}``, then
-  exactly one ``{"status": "succeeded", "value": ...}`` or ``{"status": "failed", "error": "..."}``.
+  exactly one ``{"status": "succeeded", "value": ...}`` or ``{"status": "failed", "error": "..."}``
+  (with ``"retryable": false`` when the callable cannot be loaded: a retry would not load it either).
   An exception (any, even ``SystemExit``: nothing a job does may end the host) is a failed
   result with its type and message; its traceback goes to stderr.
 
@@ -79,8 +80,8 @@ def _encode(message: Mapping[str, Any]) -> bytes:
     return json.dumps(message, allow_nan=False).encode() + b"\n"
 
 
-def _failed(error: str) -> bytes:
-    return _encode({"status": "failed", "error": error})
+def _failed(error: str, retryable: bool = True) -> bytes:
+    return _encode({"status": "failed", "error": error, **({} if retryable else {"retryable": False})})
 
 
 def _succeeded(value: Any) -> bytes:
@@ -101,8 +102,8 @@ def _run(request: Any, sink: Callable[[float, str], None]) -> bytes:
         return _failed(f"script {script_id!r}: arguments must be an object, got {type(arguments).__name__}")
     try:
         function, wants_progress = load_callable(spec)
-    except ValueError as e:
-        return _failed(f"script {script_id!r}: {e}")
+    except ValueError as e:  # a retry would load the same registry entry
+        return _failed(f"script {script_id!r}: {e}", retryable=False)
     kwargs = dict(arguments)
     if wants_progress and "progress" not in kwargs:
         # report_progress clamps, drops non-numbers and contains a failing write, as in-thread.

@@ -63,6 +63,7 @@ class _Outcome:
     value: Any = None
     error: str | None = None
     exit_code: int | None = None
+    retryable: bool = True
 
 
 class _Host:
@@ -249,7 +250,7 @@ class PythonProcess:
         duration = self._clock() - started
         log.info("script %r: %s in %.2fs", script.id, outcome.status, duration)
         return ExecutionResult(outcome.status, outcome.exit_code, duration=duration, value=outcome.value,
-                               error=outcome.error)
+                               error=outcome.error, extra={} if outcome.retryable else {"retryable": False})
 
     def _attempt_run(self, script: Script, arguments: Mapping[str, Any], attempt: _Attempt,
                      on_progress: ProgressCallback | None) -> _Outcome:
@@ -427,5 +428,5 @@ def _parse(line: bytes, script: Script, on_progress: ProgressCallback | None) ->
         if message.get("status") == "succeeded" and "value" in message:
             return _Outcome("succeeded", value=message["value"])
         if message.get("status") == "failed" and isinstance(message.get("error"), str):
-            return _Outcome("failed", error=message["error"])
+            return _Outcome("failed", error=message["error"], retryable=message.get("retryable") is not False)
     raise _Malformed(f"script {script.id!r}: python host sent a malformed line: {line[:200]!r}")

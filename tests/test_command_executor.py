@@ -204,6 +204,17 @@ def test_missing_program_fails_without_raising(tmp_path: Path, program: str) -> 
     assert result.status == "failed"
     assert result.exit_code is None
     assert result.error is not None and program in result.error and "No such file" in result.error
+    assert result.to_dict()["retryable"] is False  # a retry would not find it either
+
+
+def test_a_program_that_cannot_start_for_now_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_processes(*args: Any, **kwargs: Any) -> Any:
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(command_executor.subprocess, "Popen", out_of_processes)
+    result = CommandExecution(Script(id="cmd", command=("true",), folder=str(tmp_path)), {}).run()
+    assert result.status == "failed" and "Resource temporarily unavailable" in (result.error or "")
+    assert "retryable" not in result.to_dict()
 
 
 def test_raising_progress_callback_is_contained(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -179,6 +179,7 @@ def test_python_bad_callable_spec_fails_clearly(spec: Any, fragment: str) -> Non
     result = run_python(_python(spec), {})
     assert result.status == "failed"
     assert result.error is not None and "'py'" in result.error and fragment in result.error
+    assert result.to_dict()["retryable"] is False  # a retry would load the same entry
 
 
 def test_execution_result_rejects_an_unknown_status() -> None:

@@ -76,6 +76,8 @@ SCRIPTS = [
     py("stored_running", "stored_running", {"store": STR}),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
     {"id": "sleeper", "command": [PY, "-c", REPORT_PID_AND_SLEEP], "timeout": 30, "max_retries": 0},
+    {"id": "missing", "command": ["/nonexistent/program"]},
+    py("unloadable", "no_such_function"),
     {"id": "echo", "command": [PY, "-c", "import sys; print(sys.stdin.read())"],
      "arguments": {"text": STR, "count": {"type": "integer", "default": 1}}, "timeout": 10},
 ]
@@ -1423,3 +1425,12 @@ def test_a_scheduler_restart_while_the_registry_file_is_invalid_does_not_fail_re
     final = rt.wait_job(queued, timeout=5)
     assert final["status"] == "succeeded", (final["status"], final["error"])
 
+
+@pytest.mark.parametrize("script", ["missing", "unloadable"])
+def test_a_script_that_cannot_run_at_all_fails_without_retries(
+    start_runtime: Callable[..., Runtime], registry: Path, script: str
+) -> None:
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    final = rt.run(script, timeout=10)  # three retries by default: none is spent on it
+    assert final["status"] == "failed" and len(final["attempts"]) == 1
+    assert "cannot start '/nonexistent/program'" in final["error"] or "cannot load callable" in final["error"]

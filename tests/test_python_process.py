@@ -131,6 +131,7 @@ def test_a_bad_callable_fails_as_it_does_in_thread(shared: PythonProcess, spec: 
     assert result.status == "failed"
     assert result.error is not None and result.error.startswith("script 'py': ")
     assert result.error == run_python(_script(spec), {}).error
+    assert result.to_dict()["retryable"] is False
 
 
 def test_wrong_arguments_fail(shared: PythonProcess) -> None:
