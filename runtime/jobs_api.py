@@ -109,10 +109,17 @@ class ToolExecutionService:
         self.cache = RegistryCache(self.runtime)
         self.queue = JobQueue(self.runtime)
 
-    async def init_async_queue(self, concurrency_limit: int = 10) -> JobQueue:
-        """Size the worker pool to ``concurrency_limit`` (grown or shrunk in place: running
-        jobs finish, queued ones stay queued, figures are kept)."""
-        if concurrency_limit != self.runtime.settings.job_concurrency:
+    async def init_async_queue(self, concurrency_limit: int | None = None) -> JobQueue:
+        """The job queue, its worker pool sized to ``concurrency_limit`` (grown or shrunk in
+        place: running jobs finish, queued ones stay queued, figures are kept); without
+        one, the pool keeps its size (``JOB_CONCURRENCY``).
+
+        Raises:
+            ConfigError: this service was created with ``enable_async=False``.
+        """
+        if not self.enable_async:
+            raise ConfigError("init_async_queue: this service was created with enable_async=False")
+        if concurrency_limit is not None and concurrency_limit != self.runtime.settings.job_concurrency:
             await run_blocking(self.runtime.resize_workers, concurrency_limit)
         return self.queue
 

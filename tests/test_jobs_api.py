@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import InvalidArguments, JobPriority, ScriptNotFound, ToolExecutionService, init_cache, init_queue
+from runtime import ConfigError, InvalidArguments, JobPriority, ScriptNotFound, ToolExecutionService, init_cache, init_queue
 from runtime.testing import write_registry
 
 
@@ -137,3 +137,15 @@ def test_the_specifications_components_work_together_in_one_process(
             assert (tmp_path / ".jobs").is_dir()
     finally:
         cache.close()
+
+
+def test_init_async_queue_keeps_the_configured_pool_unless_told_and_needs_enable_async(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    with ToolExecutionService(str(registry), job_storage_path=tmp_path / "jobs", job_concurrency=3,
+                              watcher="polling") as tes:
+        queue = asyncio.run(tes.init_async_queue())
+        assert queue is tes.queue and tes.runtime.settings.job_concurrency == 3
+    with ToolExecutionService(str(registry), enable_async=False, job_storage_path=tmp_path / "jobs2",
+                              watcher="polling") as tes:
+        with pytest.raises(ConfigError, match="enable_async=False"):
+            asyncio.run(tes.init_async_queue(concurrency_limit=2))
