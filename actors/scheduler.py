@@ -299,10 +299,16 @@ class SchedulerActor(SupervisedActor):
             self._remember(script)
             records.append(new_job(script, arguments, priority, max_retries))
         self._core().accept(*records)
-        for record in records:
-            self._keep_callbacks(record.id, None, on_done)
-        self._dispatch(commit=[record.id for record in records])
-        return [record.id for record in records]
+        ids = [record.id for record in records]
+        for job_id in ids:
+            self._keep_callbacks(job_id, None, on_done)
+        try:
+            self._dispatch(commit=ids)
+        except ActorRuntimeError:  # not accepted: nothing of theirs is kept
+            for job_id in ids:
+                self._waiters.pop(job_id, None)
+            raise
+        return ids
 
     def _accept_submitted(self, record: JobRecord, script: Script) -> None:
         """Queue a job from the submit journal; the next group commit inserts it."""
