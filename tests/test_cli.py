@@ -1,12 +1,22 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parent.parent
+EXAMPLES = str(ROOT / "examples" / "registry.json")
+
+
+def _run_py(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``run.py ARGS`` to its end, with a job store of the test's own."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
+    )
 
 
 def test_serve_runs_until_sigterm_and_prints_stats(tmp_path: Path) -> None:
@@ -40,12 +50,8 @@ def test_bad_registry_is_one_clear_line(tmp_path: Path) -> None:
 
 def test_run_runs_one_job_with_progress_and_typed_arguments(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "--log-level", "warning", "run", "flaky",
-         "--arg", f"marker={marker}", "--registry", str(ROOT / "examples" / "registry.json")],
-        capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
-    )
+    result = _run_py(tmp_path, "--log-level", "warning", "run", "flaky", "--arg", f"marker={marker}",
+                     "--registry", EXAMPLES)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "second attempt succeeds\n"
     assert "attempt 1: exit code 3: first attempt fails on purpose" in result.stderr
@@ -53,12 +59,7 @@ def test_run_runs_one_job_with_progress_and_typed_arguments(tmp_path: Path) -> N
 
 
 def test_run_rejects_an_unknown_argument_clearly(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "run", "greet", "--arg", "nam=Ada",
-         "--registry", str(ROOT / "examples" / "registry.json")],
-        capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
-    )
+    result = _run_py(tmp_path, "run", "greet", "--arg", "nam=Ada", "--registry", EXAMPLES)
     assert result.returncode == 2
     assert result.stderr.strip().endswith("error: script 'greet': unknown argument(s) nam (declared: name)")
 
@@ -79,12 +80,7 @@ def test_the_runtime_runs_jobs_without_the_optional_postgres_extra(tmp_path: Pat
 
 
 def test_run_shows_its_progress_bar_without_log_lines_by_default(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "run", "greet", "--arg", "name=Ada",
-         "--registry", str(ROOT / "examples" / "registry.json")],
-        capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
-    )
+    result = _run_py(tmp_path, "run", "greet", "--arg", "name=Ada", "--registry", EXAMPLES)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "Hello, Ada!\n"
     assert "100% done" in result.stderr and "succeeded after 1 attempt(s)" in result.stderr
@@ -101,11 +97,7 @@ def _slow_registry(tmp_path: Path) -> Path:
 
 def test_run_gives_up_waiting_at_its_timeout_and_leaves_the_job_to_the_next_start(tmp_path: Path) -> None:
     registry = _slow_registry(tmp_path)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), "run", "slow", "--timeout", "0.5", "--registry", str(registry)],
-        capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
-    )
+    result = _run_py(tmp_path, "run", "slow", "--timeout", "0.5", "--registry", str(registry))
     assert result.returncode == 3, result.stderr
     assert "still running after 0.5 s: stopped; it stays in the store" in result.stderr
     assert "did not stop" not in result.stderr  # its attempt was stopped before its worker
@@ -124,7 +116,7 @@ def test_ctrl_c_during_run_cancels_the_job_and_says_so(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), "run", "slow", "--registry", str(registry)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**__import__("os").environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
+        env={**os.environ, "JOB_STORAGE_PATH": str(tmp_path / "jobs")},
     )
     try:
         assert proc.stderr is not None
