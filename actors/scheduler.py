@@ -15,6 +15,7 @@ from runtime.clock import SystemClock, TimerHandle
 from runtime.errors import ActorRuntimeError, ScriptNotFound
 from runtime.executors import validate_arguments
 from runtime.messages import (
+    AcceptJobs,
     ChildDown,
     DeadlinePassed,
     FlushDue,
@@ -138,8 +139,6 @@ class SchedulerActor(SupervisedActor):
         self._deadlines: dict[str, tuple[float, int]] = {}
         self._deadline_timer: TimerHandle | None = None
         self._deadline_due = 0.0
-        self._draining = False
-        self._interrupting = False  # the runtime stops: reports of attempts it stopped are not kept
         self._failed = False
         self._flush_retry_armed = False
         # The commit window runs on real time even under a test's fake clock: it only
@@ -394,7 +393,7 @@ class SchedulerActor(SupervisedActor):
             "failed_jobs": core.failed,
             "cancelled_jobs": core.cancelled,
             "idle_workers": len(core.idle),
-            "draining": self._draining,
+            "draining": self.memory.draining,
         }
 
     def execution_stats(self, script_id: str | None = None) -> dict[str, Any]:
@@ -403,7 +402,7 @@ class SchedulerActor(SupervisedActor):
 
     def drain(self) -> int:
         """Stop starting jobs (graceful stop); returns how many are still running."""
-        self._draining = True
+        self.memory.draining = True
         return len(self._core().running)
 
     def retire_worker(self, name: str) -> bool:
@@ -425,7 +424,7 @@ class SchedulerActor(SupervisedActor):
         """Stop the running attempts (the runtime stops, the drain is over): their jobs stay
         ``running`` in the store, and the next start retries them as interrupted, as if the
         process had been killed. Reports of attempts that ended all the same still count."""
-        self._interrupting = True
+        self.memory.interrupting = True
         for run in self._core().running.values():
             run.cancel.cancel()  # a python job on a worker thread cannot be stopped: it runs on
 
@@ -488,11 +487,16 @@ class SchedulerActor(SupervisedActor):
 
     def on_receive(self, message: Any) -> Any:
         core = self._core()
+        if isinstance(message, AcceptJobs):  # an ask: the answer is the ids
+            ids = self._accept(list(message.jobs), message.priority, message.max_retries, message.on_done)
+            for accepted in ids:
+                self._keep_callbacks(accepted, message.callback, None)
+            return ids
         if isinstance(message, Submitted):
             self._accept_submitted(message.record, message.script)
         elif isinstance(message, JobFinished):
             run = core.running.get(message.job_id)
-            if self._interrupting and run is not None and message.result.get("status") == "cancelled":
+            if self.memory.interrupting and run is not None and message.result.get("status") == "cancelled":
                 return None  # stopped by interrupt(): left running in the store, for the next start
             if run is not None and run.attempt == message.attempt:
                 self._deadlines.pop(message.job_id, None)
@@ -630,7 +634,7 @@ class SchedulerActor(SupervisedActor):
             StoreError: the commit of a submit failed (the submit fails; nothing started).
         """
         core = self._core()
-        starts = [] if self._draining else core.dispatch()
+        starts = [] if self.memory.draining else core.dispatch()
         if commit is not None:
             try:
                 self._flush()
@@ -693,6 +697,8 @@ class SchedulerActor(SupervisedActor):
 
     def _deadlines_due(self) -> None:
         """Give up the attempts past their deadline; arm the timer for the next one."""
+        if self.memory.interrupting:  # the runtime stops: what still runs stays running in the store
+            return
         now = self.context.clock.monotonic()
         for job_id, (due, attempt) in list(self._deadlines.items()):
             if due <= now:

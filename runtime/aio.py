@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import pykka
 
+from runtime.errors import RuntimeStopped
 from runtime.runtime import Runtime
 
 __all__ = ["await_future", "run_blocking", "wait_job"]
@@ -38,11 +39,24 @@ async def wait_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
         except RuntimeError:  # the loop was closed meanwhile: nobody is waiting any more
             pass
 
+    def stopped() -> None:  # the runtime stopped first: the job will not finish in this process
+        error = RuntimeStopped(f"the runtime stopped before job {job_id} finished (it stays in the store "
+                               "and the next start runs it)")
+        try:
+            loop.call_soon_threadsafe(_resolve, done, error)
+        except RuntimeError:
+            pass
+
     finished.runs_inline = True  # type: ignore[attr-defined]  # it never blocks: no hop through the callback thread
-    await run_blocking(runtime.when_done, job_id, finished)
-    return await done
+    with runtime.waiting(stopped):
+        await run_blocking(runtime.when_done, job_id, finished)
+        return await done
 
 
-def _resolve(future: asyncio.Future[dict[str, Any]], status: dict[str, Any]) -> None:
-    if not future.done():
-        future.set_result(status)
+def _resolve(future: asyncio.Future[dict[str, Any]], outcome: dict[str, Any] | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AcceptJobs",
     "ActorCounted",
     "CancelSlot",
     "ChildDown",
@@ -144,6 +145,27 @@ class CancelSlot:
             cancelled = self.cancelled
         if cancelled:
             stop()
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptJobs:
+    """Runtime → SchedulerActor (ask): accept jobs the runtime has checked already, in one
+    commit; the answer is their ids. (The scheduler's proxy ``submit`` checks what it is
+    given itself: this message spares the runtime's own submits a second lookup.)
+
+    Attributes:
+        jobs: ``(script, validated arguments)`` pairs.
+        priority: 0, 1 or 2.
+        max_retries: the submission's retry limit, or ``None``.
+        callback: each job's progress callback, or ``None``.
+        on_done: each job's completion callback, or ``None``.
+    """
+
+    jobs: tuple[tuple[Any, dict[str, Any]], ...]
+    priority: int
+    max_retries: int | None = None
+    callback: Callable[..., Any] | None = None
+    on_done: Callable[[dict[str, Any]], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

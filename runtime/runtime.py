@@ -21,7 +21,7 @@ from runtime.clock import Clock, SystemClock
 from runtime.config import Settings, load_settings
 from runtime.errors import ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, SupervisorEscalated
 from runtime.executors import validate_arguments
-from runtime.messages import InjectFault
+from runtime.messages import AcceptJobs, InjectFault
 from runtime.pools import ConnectionPools
 from runtime.registry import Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView, ViewHits
@@ -84,7 +84,7 @@ class Runtime:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._lifecycle = threading.Lock()  # guards start/stop of this handle, not actor state
-        self._blocked: set[_Waiter] = set()  # threads in wait_job or run, released by stop
+        self._blocked: set[Callable[[], None]] = set()  # releases of those waiting for jobs (waiting())
         self._blocked_lock = threading.Lock()
         self._escalation: str | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
@@ -208,8 +208,16 @@ class Runtime:
         queued ones stay queued in the store for the next start, and any still
         running after the drain are stopped and retried by the next start.
         """
-        timeout = self.settings.ask_timeout if timeout is None else timeout
-        self._drain(self.settings.drain_timeout if drain is None else drain)
+        try:
+            self._stop(self.settings.ask_timeout if timeout is None else timeout,
+                       self.settings.drain_timeout if drain is None else drain)
+        finally:  # even a stop that failed half-way: no one waits for its jobs any more
+            with self._blocked_lock:
+                for release in self._blocked:
+                    release()
+
+    def _stop(self, timeout: float, drain: float) -> None:
+        self._drain(drain)
         with self._lifecycle:
             if self._stopped.is_set() and self._supervisor is None:
                 return
@@ -240,9 +248,6 @@ class Runtime:
             self.callbacks.close()
             self._proxies.clear()
             self._stopped.set()
-        with self._blocked_lock:
-            for waiter in self._blocked:
-                waiter.release()
         atexit.unregister(self.stop)
         logger.info("runtime stopped")
 
@@ -400,8 +405,7 @@ class Runtime:
         script, values = self._checked_job(script_id, arguments)
         journal = self._journal
         if journal is None:  # a custom store: the scheduler commits the job before it answers
-            return str(self.scheduler.submit(script_id, values, level, max_retries, callback, on_done)
-                       .get(timeout=self.settings.ask_timeout))
+            return str(self._accept(AcceptJobs(((script, values),), level, max_retries, callback, on_done))[0])
         self._check_running()
         record = new_job(script, values, level, max_retries)
         journal.submit(record, script, (callback, on_done), self.settings.ask_timeout)
@@ -427,15 +431,14 @@ class Runtime:
         Returns:
             the job ids, in the order of ``jobs``.
         """
-        batch = list(jobs)
-        if not batch:
-            return []
-        # Checked by the scheduler, which takes only what it checked itself (its proxy is
-        # public); checked here first, on this thread, so that a lookup that misses the
-        # cache reads the registry here and not on the scheduler's thread.
-        checked_jobs(self._checked_job, batch)
-        ids = self.scheduler.submit_many(batch, priority, on_done).get(timeout=self.settings.ask_timeout)
-        return list(ids)
+        level = priority_level(priority)
+        check_callbacks(None, on_done)
+        checked = checked_jobs(self._checked_job, list(jobs))  # here: a lookup that misses reads the file on this thread
+        return self._accept(AcceptJobs(tuple(checked), level, on_done=on_done)) if checked else []
+
+    def _accept(self, jobs: AcceptJobs) -> list[str]:
+        """Have the scheduler accept jobs checked here (one commit); their ids."""
+        return list(self.ref("scheduler").ask(jobs, timeout=self.settings.ask_timeout))
 
     def _checked_job(self, script_id: str, arguments: dict[str, Any] | None) -> tuple[Script, dict[str, Any]]:
         """The script and the validated arguments of a job about to be submitted.
@@ -483,7 +486,8 @@ class Runtime:
             TimeoutError: not finished within ``timeout`` seconds.
             RuntimeStopped: the runtime stopped first (the job stays in the store).
         """
-        with self._blocking() as waiter:
+        waiter = _Waiter()
+        with self.waiting(waiter.release):
             self.when_done(job_id, waiter)
             return waiter.result(job_id, timeout)
 
@@ -495,21 +499,26 @@ class Runtime:
             as :meth:`submit`; TimeoutError as :meth:`wait_job`; RuntimeStopped: the
             runtime stopped first (the job stays in the store).
         """
-        with self._blocking() as waiter:
+        waiter = _Waiter()
+        with self.waiting(waiter.release):
             return waiter.result(self.submit(script_id, arguments, on_done=waiter, **options), timeout)
 
     @contextlib.contextmanager
-    def _blocking(self) -> Iterator[_Waiter]:
-        """A waiter that ``stop`` releases, so no thread blocks on a job of a stopped runtime."""
-        waiter = _Waiter()
+    def waiting(self, release: Callable[[], None]) -> Iterator[None]:
+        """For code that waits for this runtime's jobs: ``release()`` is called if the runtime
+        stops meanwhile, so that nothing waits for a job of a stopped runtime.
+
+        Raises:
+            RuntimeStopped: the runtime is stopped already.
+        """
         with self._blocked_lock:
             self._check_running()
-            self._blocked.add(waiter)
+            self._blocked.add(release)
         try:
-            yield waiter
+            yield
         finally:
             with self._blocked_lock:
-                self._blocked.discard(waiter)
+                self._blocked.discard(release)
 
     def resize_workers(self, count: int, drain: float | None = None) -> None:
         """Grow or shrink the worker pool to ``count`` WorkerActors, without a restart.

@@ -180,6 +180,10 @@ class SchedulerMemory:
     #: Worker instances (urns) that failed or were replaced: a late ``WorkerReady`` of
     #: theirs must not take their name back from the instance that replaced them.
     gone_workers: set[str] = field(default_factory=set)
+    #: The runtime stops: no job starts any more (``drain``), and the attempts still running
+    #: are being stopped (``interrupt``). Here so that a restarted instance goes on with it.
+    draining: bool = False
+    interrupting: bool = False
 
     def close(self) -> None:
         """Close the store (idempotent); the runtime calls it once its actors are gone."""
@@ -238,21 +242,26 @@ class SchedulerCore:
     def restore(self, record: JobRecord) -> JobState:
         """Take back an unfinished job found in the store at start-up.
 
-        An interrupted job runs again even when the interrupted attempt was its last
-        allowed one: the process's end is not the job's failure. Only a job interrupted
-        twice, past its limit, fails (one that takes the process down must not loop).
+        A job whose last allowed attempt was interrupted runs once more: the process's
+        end is not the job's failure. One extra attempt at most, so a job that takes the
+        process down cannot loop.
 
         Returns:
             ``queued``/``retrying`` (it will run), or ``failed``.
         """
         self.jobs[record.id] = record
+        # Only a record written by an older version (whose scheduler proxy took anything) or
+        # by hand can fail these checks: failing it keeps the queue, and every start, working.
         if type(record.priority) is not int or not 0 <= record.priority <= 2:  # noqa: E721 - not a bool either
-            # Only a record written by an older version or by hand can get here: failing it
-            # keeps the queue, and every start after this one, working.
             return self._close(record, JobState.FAILED, None, f"invalid priority {record.priority!r} in the store").state
+        if record.max_retries is not None and (type(record.max_retries) is not int  # noqa: E721
+                                               or record.max_retries < 0):
+            error = f"invalid max_retries {record.max_retries!r} in the store"
+            return self._close(record, JobState.FAILED, None, error).state
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
-        interrupted = sum(1 for attempt in record.attempts if attempt.get("status") == "interrupted")
-        if record.state is JobState.RETRYING and len(record.attempts) - 1 >= limit and interrupted != 1:
+        retries_used = len(record.attempts) - 1
+        extra = bool(record.attempts) and record.attempts[-1].get("status") == "interrupted"
+        if record.state is JobState.RETRYING and retries_used >= limit + extra:
             return self._close(record, JobState.FAILED, None, record.attempts[-1].get("error") or "interrupted").state
         if record.state is JobState.RETRYING and record.not_before > self.wall():
             self._waiting_retry.add(record.id)  # its backoff goes on across the restart: see retry_in

@@ -30,7 +30,7 @@ from runtime.errors import (ConfigError, InvalidArguments, JobNotFound, RuntimeS
 from runtime.messages import CancelSlot, RunJob
 from runtime.registry import Script
 from runtime.start_marks import StartMarker, marks_folder
-from runtime.store import INTERRUPTED_ERROR, JobRecord, MemoryStore, SqliteStore
+from runtime.store import INTERRUPTED_ERROR, JobRecord, JobState, MemoryStore, SqliteStore
 from runtime.submit_journal import SubmitJournal, parse
 from runtime.testing import inject_fault, process_gone, replaced, wait_until, write_registry
 from tests import jobs_helpers as helpers
@@ -72,7 +72,7 @@ SCRIPTS = [
     py("block_then_report", "block_then_report", {"name": STR}),
     py("maybe_block", "maybe_block", {"n": {"type": "integer", "required": True}}),
     py("append_after_release", "append_after_release", {"name": STR, "items": {"type": "array", "required": True}}),
-    py("die", "die", max_retries=1),
+    py("die", "die", max_retries=0),
     py("stored_running", "stored_running", {"store": STR}),
     {"id": "spawn", "command": [PY, "-c", SPAWN_AND_SLEEP], "timeout": 0.5, "max_retries": 0},
     {"id": "sleeper", "command": [PY, "-c", REPORT_PID_AND_SLEEP], "timeout": 30, "max_retries": 0},
@@ -1129,7 +1129,8 @@ DYING_CHILD = textwrap.dedent("""
 def test_a_job_that_kills_the_runtime_uses_up_its_retries(registry: Path, tmp_path: Path) -> None:
     # A python job on a worker thread takes the whole process down. Its start is marked
     # before it runs (its attempt may not be committed yet), so every start counts: with
-    # max_retries=1 it runs twice, and the third start of the runtime fails it unrun.
+    # max_retries=0 it runs twice (an interrupted last attempt gets one more, once), and the
+    # third start of the runtime fails it unrun.
     code = DYING_CHILD.format(root=str(ROOT), registry=str(registry), store=str(tmp_path / "jobs"))
 
     def child(*args: str) -> subprocess.CompletedProcess[str]:
@@ -1434,3 +1435,46 @@ def test_a_script_that_cannot_run_at_all_fails_without_retries(
     final = rt.run(script, timeout=10)  # three retries by default: none is spent on it
     assert final["status"] == "failed" and len(final["attempts"]) == 1
     assert "cannot start '/nonexistent/program'" in final["error"] or "cannot load callable" in final["error"]
+
+
+def test_a_submit_is_one_cache_lookup_made_by_the_submitting_thread(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())  # the scheduler commits each submit
+    rt.script("record")  # warm: later lookups are hits of the published view
+    before = rt.cache_stats()
+    rt.submit("record", {"token": "a"})
+    rt.submit_many([("record", {"token": str(i)}) for i in range(10)])
+    after = rt.cache_stats()
+    assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (11, 0)
+    # Without a cache every lookup reads the file: on the submitting thread, never the scheduler's.
+    rt2 = start_runtime(registry, job_storage_path=tmp_path / "jobs", cache_size=0, **quiet())
+    lookups: list[str] = []
+    real = Runtime.script
+
+    def spy(self: Runtime, script_id: str) -> Script:
+        lookups.append(threading.current_thread().name)
+        return real(self, script_id)
+
+    monkeypatch.setattr(Runtime, "script", spy)
+    before = rt2.cache_stats()
+    rt2.submit_many([("record", {"token": f"n{i}"}) for i in range(3)])
+    assert lookups == [threading.current_thread().name] * 3
+    assert rt2.cache_stats()["misses"] - before["misses"] == 3
+
+
+def test_a_record_with_an_invalid_retry_limit_in_the_store_fails_alone(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    store_dir = tmp_path / "store"
+    store = SqliteStore(store_dir)
+    bad = JobRecord.new("record", {"token": "bad"}, max_retries="3")  # type: ignore[arg-type]
+    bad.attempts.append({"number": 1, "started_at": 1.0, "finished_at": None, "error": None, "status": "running"})
+    bad.state = JobState.RUNNING
+    good = JobRecord.new("record", {"token": "good"})
+    store.add_many([bad, good])
+    store.close()
+    rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
+    assert rt.wait_job(good.id, timeout=5)["status"] == "succeeded"
+    status = rt.status(bad.id)
+    assert status["status"] == "failed" and status["error"] == "invalid max_retries '3' in the store"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime import ConfigError, InvalidArguments, JobPriority, ScriptNotFound, ToolExecutionService, init_cache, init_queue
-from runtime.testing import write_registry
+from runtime import (ConfigError, InvalidArguments, JobPriority, RuntimeStopped, ScriptNotFound, ToolExecutionService,
+                     init_cache, init_queue)
+from runtime.testing import wait_until, write_registry
 
 
 def _registry(tmp_path: Path) -> Path:
@@ -149,3 +150,25 @@ def test_init_async_queue_keeps_the_configured_pool_unless_told_and_needs_enable
                               watcher="polling") as tes:
         with pytest.raises(ConfigError, match="enable_async=False"):
             asyncio.run(tes.init_async_queue(concurrency_limit=2))
+
+
+def test_stop_releases_an_awaited_job(tmp_path: Path) -> None:
+    registry = write_registry(tmp_path / "registry.json", [
+        {"id": "sleep60", "command": [sys.executable, "-c", "import time; print('::progress 0.1 up', flush=True); "
+                                      "time.sleep(60)"], "timeout": 120}])
+
+    async def main() -> None:
+        queue = await init_queue(concurrency_limit=1, registry_path=registry, job_storage_path=tmp_path / "jobs",
+                                 watcher="polling", drain_timeout=0)
+        started = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        job_id = queue.submit_job("sleep60", callback=lambda *_: loop.call_soon_threadsafe(started.set))
+        await started.wait()
+        waiting = asyncio.ensure_future(queue.wait_for_job(job_id))
+        memory = queue.runtime._scheduler_memory
+        await loop.run_in_executor(None, lambda: wait_until(lambda: memory.waiters.get(job_id)))  # it waits
+        await queue.close()  # no drain: the job stays in the store
+        with pytest.raises(RuntimeStopped):
+            await asyncio.wait_for(waiting, timeout=10)
+
+    asyncio.run(main())

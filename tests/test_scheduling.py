@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from runtime.scheduling import RetryPolicy, SchedulerCore
+from runtime.start_marks import StartMark, apply_marks
 from runtime.store import INTERRUPTED_ERROR, JobRecord, JobState, MemoryStore, recover
 
 
@@ -476,3 +477,26 @@ def test_reject_undoes_jobs_whose_commit_failed() -> None:
     assert [d.record.id for d in core.dispatch()] == [journalled.id]  # the other job stays
     core.flush()
     assert store.raw.get(record.id) is None and store.raw.get(journalled.id) is not None
+
+
+def test_restore_counts_an_interruption_only_when_it_ended_the_last_attempt() -> None:
+    # Attempt 1 failed on its own and attempt 2 (its last allowed) started; neither was
+    # committed, then the process died: the marks fill attempt 1 in as interrupted too.
+    store = MemoryStore()
+    record = JobRecord.new("s", {}, max_retries=1)
+    store.add(record)
+    apply_marks(store, [StartMark(record.id, 1, 10.0), StartMark(record.id, 2, 12.0)])
+    (pending,) = recover(store)
+    assert SchedulerCore(store, Wall(), 3).restore(pending) is JobState.RETRYING  # its one extra run
+    # Interrupted early, then a failure of its own, then interrupted in its last attempt.
+    store = MemoryStore()
+    record = JobRecord.new("s", {}, max_retries=2)
+    record.attempts = [
+        {"number": 1, "started_at": 1.0, "finished_at": 2.0, "error": INTERRUPTED_ERROR, "status": "interrupted"},
+        {"number": 2, "started_at": 3.0, "finished_at": 4.0, "error": "e2", "status": "failed"},
+        {"number": 3, "started_at": 5.0, "finished_at": None, "error": None, "status": "running"},
+    ]
+    record.state = JobState.RUNNING
+    store.add(record)
+    (pending,) = recover(store)
+    assert SchedulerCore(store, Wall(), 3).restore(pending) is JobState.RETRYING
