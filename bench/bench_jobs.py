@@ -7,7 +7,8 @@ thread pool, throughput against RQ, Dramatiq and Huey, and the control plane und
     python bench/bench_jobs.py --json      # the figures as JSON only
 
 The peers need ``pip install -e .[bench]`` and a Redis (``--redis-url``, by default
-``redis://127.0.0.1:6379/15``; that database is FLUSHED before each peer). A peer that is
+``redis://127.0.0.1:6379/15``). Each peer's run names its queues and keys with a tag of its
+own and removes them after, so runs side by side do not disturb each other. A peer that is
 not installed, or an unreachable Redis, is skipped with the reason in its section.
 """
 
@@ -329,11 +330,11 @@ def _peer_burst(n: int, send: Callable[[], Any], done: Countdown, timeout: float
             "workers": workers}
 
 
-def _peer_rq(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
+def _peer_rq(url: str, conn: Any, n: int, timeout: float, tag: str) -> dict[str, Any]:
     import rq  # noqa: PLC0415
     from rq.registry import FailedJobRegistry, FinishedJobRegistry  # noqa: PLC0415
 
-    name = f"bench-rq-{uuid.uuid4().hex[:8]}"
+    name = f"bench-rq-{tag}"
     queue = rq.Queue(name, connection=conn)
     program = Path(sys.executable).with_name("rq")
     command = [str(program)] if program.exists() else [shutil.which("rq") or "rq"]
@@ -354,7 +355,8 @@ def _peer_rq(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
         finished, failed = FinishedJobRegistry(queue=queue), FailedJobRegistry(queue=queue)
         start = clock()
         for _ in range(n):
-            queue.enqueue(noop.noop)
+            # Its job keys do not name the queue: they expire instead of being removed after.
+            queue.enqueue(noop.noop, result_ttl=60, failure_ttl=60)
         submit_phase = clock() - start
         deadline = start + timeout
         # RQ reports completion only in Redis: poll the registries (200 Hz; cheap ZCARDs).
@@ -372,13 +374,13 @@ def _peer_rq(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             os.killpg(pool.pid, signal.SIGKILL)
             pool.wait(5)
+        conn.srem("rq:queues", queue.key)  # a set member, not a key: _delete_keys would miss it
 
 
-def _peer_dramatiq(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
+def _peer_dramatiq(url: str, conn: Any, n: int, timeout: float, tag: str) -> dict[str, Any]:
     import dramatiq  # noqa: PLC0415
     from dramatiq.brokers.redis import RedisBroker  # noqa: PLC0415
 
-    tag = uuid.uuid4().hex[:8]
     done = Countdown(n, lambda exception: exception is None)
 
     class Finished(dramatiq.Middleware):
@@ -400,11 +402,10 @@ def _peer_dramatiq(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any
         broker.close()
 
 
-def _peer_huey(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
+def _peer_huey(url: str, conn: Any, n: int, timeout: float, tag: str) -> dict[str, Any]:
     from huey import RedisHuey  # type: ignore[import-untyped]  # noqa: PLC0415
     from huey.signals import SIGNAL_COMPLETE, SIGNAL_ERROR  # type: ignore[import-untyped]  # noqa: PLC0415
 
-    tag = uuid.uuid4().hex[:8]
     done = Countdown(n, lambda sig: sig == SIGNAL_COMPLETE)
     huey = RedisHuey(f"bench-huey-{tag}", url=url)
     huey.signal(SIGNAL_COMPLETE, SIGNAL_ERROR)(lambda sig, task, *args, **kw: done(sig))
@@ -419,6 +420,13 @@ def _peer_huey(url: str, conn: Any, n: int, timeout: float) -> dict[str, Any]:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
         huey.storage.conn.close()
+
+
+def _delete_keys(conn: Any, tag: str) -> None:
+    """Remove this run's keys, and nothing else: another run may share the database."""
+    keys = list(conn.scan_iter(match=f"*{tag}*", count=1000))
+    for first in range(0, len(keys), 500):
+        conn.delete(*keys[first:first + 500])
 
 
 _PEERS = {"rq": ("rq", _peer_rq), "dramatiq": ("dramatiq", _peer_dramatiq), "huey": ("huey", _peer_huey)}
@@ -454,13 +462,13 @@ def peers(registry: Path, n: int, url: str) -> dict[str, Any]:
         except ImportError as e:
             results[name] = {"skipped": f"not installed ({e}); pip install -e .[bench]"}
             continue
-        conn.flushdb()
+        tag = uuid.uuid4().hex[:8]  # in every key and queue name of this peer's run
         try:
-            results[name] = run(url, conn, n, timeout)
+            results[name] = run(url, conn, n, timeout, tag)
         except Exception as e:  # noqa: BLE001 - one peer's trouble must not hide the others
             results[name] = {"skipped": f"failed: {type(e).__name__}: {e}"}
         finally:
-            conn.flushdb()
+            _delete_keys(conn, tag)
     ran = {name: results[name]["jobs_per_s"] for name in _PEERS if "jobs_per_s" in results[name]}
     if ran:
         fastest = max(ran, key=ran.__getitem__)
