@@ -761,7 +761,7 @@ def _check_job(registry_path: Path) -> JobCheck:
     def check(script_id: str, arguments: Any) -> tuple[Script, dict[str, Any]]:
         script = load_registry(registry_path).get(script_id) if isinstance(script_id, str) else None
         if script is None:
-            raise ScriptNotFound(f"unknown script {script_id!r}")
+            raise ScriptNotFound(str(script_id), str(registry_path))
         return script, validate_arguments(script, arguments)
 
     return check

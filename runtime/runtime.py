@@ -19,7 +19,8 @@ import pykka
 from runtime.callbacks import CallbackRunner
 from runtime.clock import Clock, SystemClock
 from runtime.config import Settings, load_settings
-from runtime.errors import ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, SupervisorEscalated
+from runtime.errors import (ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, ScriptNotFound,
+                            SupervisorEscalated)
 from runtime.executors import validate_arguments
 from runtime.messages import AcceptJobs, InjectFault
 from runtime.pools import ConnectionPools
@@ -187,7 +188,7 @@ class Runtime:
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
                 context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory,
-                self._marks, self._journal, self._checked_job)),
+                self._marks, self._journal, self._scheduler_check)),
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
@@ -440,19 +441,39 @@ class Runtime:
         """Have the scheduler accept jobs checked here (one commit); their ids."""
         return list(self.ref("scheduler").ask(jobs, timeout=self.settings.ask_timeout))
 
-    def _checked_job(self, script_id: str, arguments: dict[str, Any] | None) -> tuple[Script, dict[str, Any]]:
+    def _checked_job(self, script_id: str, arguments: dict[str, Any] | None,
+                     lookup: Callable[[str], Script] | None = None) -> tuple[Script, dict[str, Any]]:
         """The script and the validated arguments of a job about to be submitted.
+
+        Args:
+            lookup: finds the script (default :meth:`script`).
 
         Raises:
             ScriptNotFound, InvalidArguments, PoolError (an ``sql`` script's pool is missing).
         """
         if not isinstance(script_id, str):
             raise InvalidArguments(f"a script id is a string, got {script_id!r}")
-        script = self.script(script_id)
+        script = (lookup or self.script)(script_id)
         values = validate_arguments(script, arguments)
         if script.kind == "sql":
             self.pools.postgres(script.options.get("pool", "default"))  # no such pool: say so now
         return script, values
+
+    def _scheduler_check(self, script_id: str, arguments: dict[str, Any] | None) -> tuple[Script, dict[str, Any]]:
+        """The check of the scheduler proxy's submits, made on the scheduler's thread: its
+        script comes from the published view, else from the registry file, never from an
+        ask (a handler does not ask another actor)."""
+        def lookup(script_id: str) -> Script:
+            script = self.cache_view.entries.get(script_id)
+            if script is not None:
+                self._view_hits.hit(script_id)
+                return script
+            script = load_registry(self.settings.registry_path).get(script_id)
+            if script is None:
+                raise ScriptNotFound(script_id, str(self.settings.registry_path))
+            return script
+
+        return self._checked_job(script_id, arguments, lookup)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: ``status``, ``attempts``, ``progress``, ``result``, ``error``...

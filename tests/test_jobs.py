@@ -1478,3 +1478,24 @@ def test_a_record_with_an_invalid_retry_limit_in_the_store_fails_alone(
     assert rt.wait_job(good.id, timeout=5)["status"] == "succeeded"
     status = rt.status(bad.id)
     assert status["status"] == "failed" and status["error"] == "invalid max_retries '3' in the store"
+
+
+def test_the_scheduler_proxy_checks_without_asking_another_actor(
+    start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No cache (every lookup misses the published view): the scheduler reads the registry
+    # file itself rather than ask the CacheActor from inside its handler.
+    rt = start_runtime(registry, cache_size=0, store_factory=MemoryStore, **quiet())
+    asked: list[str] = []
+    real = Runtime.script
+
+    def spy(self: Runtime, script_id: str) -> Script:
+        asked.append(threading.current_thread().name)
+        return real(self, script_id)
+
+    monkeypatch.setattr(Runtime, "script", spy)
+    job = rt.scheduler.submit("record", {"token": "cold"}).get(timeout=5)
+    assert rt.wait_job(job, timeout=5)["status"] == "succeeded"
+    with pytest.raises(ScriptNotFound, match=f"unknown script 'nope' in {re.escape(str(registry))}"):
+        rt.scheduler.submit("nope").get(timeout=5)
+    assert asked == []
