@@ -10,7 +10,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -32,6 +32,7 @@ __all__ = [
     "ArgumentSpec",
     "FileStamp",
     "Registry",
+    "RegistryFile",
     "Script",
     "load_registry",
     "parse_registry",
@@ -448,3 +449,43 @@ def load_registry(path: str | os.PathLike[str]) -> Registry:
     except OSError as e:
         raise RegistryError(f"{path}: cannot read the registry: {e.strerror or e}") from e
     return parse_registry(path, data)
+
+
+class RegistryFile:
+    """The registry file for readers other than the cache: parsed again only when the
+    file changes; while it is invalid (an edit in progress), the last good version
+    ``last_good()`` gives (the cache's), as the cache itself would serve.
+
+    Not thread-safe: one owner (the scheduler's thread).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], last_good: Callable[[], bytes | None]) -> None:
+        self.path = Path(path)
+        self._last_good = last_good
+        self._stamp: FileStamp | None = None
+        self._registry: Registry | None = None
+        self._good_data: bytes | None = None
+        self._good: Registry | None = None
+
+    def get(self, script_id: str) -> Script | None:
+        """The entry ``script_id`` of the registry in force, or ``None``.
+
+        Raises:
+            RegistryError: the file is invalid and no good version was ever read.
+        """
+        current = stamp(self.path)
+        if current is None or current != self._stamp:  # a new version (or none): read it once
+            self._stamp = current
+            try:
+                self._registry = load_registry(self.path)
+            except RegistryError:
+                self._registry = None
+        if self._registry is not None:
+            return self._registry.get(script_id)
+        data = self._last_good()
+        if data is None:
+            raise RegistryError(f"{self.path}: invalid, and no good version of it was read yet")
+        if data is not self._good_data:
+            self._good, self._good_data = parse_registry(self.path, data), data
+        assert self._good is not None
+        return self._good.get(script_id)

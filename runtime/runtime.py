@@ -24,7 +24,7 @@ from runtime.errors import (ConfigError, InvalidArguments, JobNotFound, RuntimeS
 from runtime.executors import validate_arguments
 from runtime.messages import AcceptJobs, InjectFault
 from runtime.pools import ConnectionPools
-from runtime.registry import Script, load_registry
+from runtime.registry import RegistryFile, Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView, ViewHits
 from runtime.scheduling import (SchedulerMemory, check_callbacks, check_max_retries, checked_jobs, new_job,
                                 priority_level)
@@ -68,6 +68,8 @@ class Runtime:
         self._owns_clock = clock is None
         self.directory = Directory()
         self.cache_view = CacheView()
+        # For the scheduler's own checks (its thread only): never an ask from its handler.
+        self._registry_file = RegistryFile(settings.registry_path, lambda: self._cache_memory.last_good)
         # Lookups served from the view (``script``, every submit) count as the cache's hits.
         self._view_hits = ViewHits(lambda hits: self.ref("cache").tell(hits))
         self._stats = StatsAccumulator()
@@ -85,7 +87,7 @@ class Runtime:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._lifecycle = threading.Lock()  # guards start/stop of this handle, not actor state
-        self._blocked: set[Callable[[], None]] = set()  # releases of those waiting for jobs (waiting())
+        self._blocked: dict[object, Callable[[], None]] = {}  # releases of those waiting for jobs (waiting())
         self._blocked_lock = threading.Lock()
         self._escalation: str | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
@@ -214,8 +216,12 @@ class Runtime:
                        self.settings.drain_timeout if drain is None else drain)
         finally:  # even a stop that failed half-way: no one waits for its jobs any more
             with self._blocked_lock:
-                for release in self._blocked:
+                releases = list(self._blocked.values())
+            for release in releases:
+                try:
                     release()
+                except Exception:  # one caller's broken release must not keep the others waiting
+                    logger.exception("runtime: a release of a waiter raised")
 
     def _stop(self, timeout: float, drain: float) -> None:
         self._drain(drain)
@@ -468,7 +474,7 @@ class Runtime:
             if script is not None:
                 self._view_hits.hit(script_id)
                 return script
-            script = load_registry(self.settings.registry_path).get(script_id)
+            script = self._registry_file.get(script_id)  # parsed once per version of the file
             if script is None:
                 raise ScriptNotFound(script_id, str(self.settings.registry_path))
             return script
@@ -532,14 +538,15 @@ class Runtime:
         Raises:
             RuntimeStopped: the runtime is stopped already.
         """
+        token = object()  # one entry per wait, even for the same release
         with self._blocked_lock:
             self._check_running()
-            self._blocked.add(release)
+            self._blocked[token] = release
         try:
             yield
         finally:
             with self._blocked_lock:
-                self._blocked.discard(release)
+                del self._blocked[token]
 
     def resize_workers(self, count: int, drain: float | None = None) -> None:
         """Grow or shrink the worker pool to ``count`` WorkerActors, without a restart.

@@ -3,6 +3,7 @@ validation, crashes of workers and of the whole process, drain, hung workers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -1499,3 +1500,45 @@ def test_the_scheduler_proxy_checks_without_asking_another_actor(
     with pytest.raises(ScriptNotFound, match=f"unknown script 'nope' in {re.escape(str(registry))}"):
         rt.scheduler.submit("nope").get(timeout=5)
     assert asked == []
+
+
+def test_the_scheduler_proxy_reads_the_registry_once_per_version_and_keeps_the_last_good(
+    start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import runtime.registry
+
+    rt = start_runtime(registry, cache_size=0, store_factory=MemoryStore, **quiet())  # every lookup misses the view
+    parses: list[Path] = []
+    real = runtime.registry.load_registry
+    monkeypatch.setattr(runtime.registry, "load_registry", lambda path: (parses.append(path), real(path))[1])
+    rt.scheduler.submit_many([("record", {"token": f"m{i}"}) for i in range(50)]).get(timeout=10)
+    rt.scheduler.submit("record", {"token": "one"}).get(timeout=5)
+    assert len(parses) == 1  # the file did not change: parsed once
+    assert rt.submit("record", {"token": "through the cache"})  # the cache's last good version is this file
+    registry.write_text('{"scripts": [')  # an editor's save in progress
+    assert rt.submit("record", {"token": "while edited"})  # the cache serves the last good registry...
+    assert rt.scheduler.submit("record", {"token": "proxy while edited"}).get(timeout=5)  # ...and so does this
+
+
+def test_every_wait_is_released_by_stop_even_with_one_release_for_two_or_a_broken_one(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    released: list[str] = []
+
+    def shared() -> None:  # one callable for two waits (say an Event's set)
+        released.append("shared")
+
+    def broken() -> None:
+        raise RuntimeError("a release that fails")
+
+    with contextlib.ExitStack() as waits:
+        waits.enter_context(rt.waiting(broken))
+        with rt.waiting(shared):
+            waits.enter_context(rt.waiting(shared))
+        waits.enter_context(rt.waiting(lambda: released.append("last")))
+        rt.stop()  # the broken release is logged; the others run
+    assert sorted(released) == ["last", "shared"]
+    with pytest.raises(RuntimeStopped):
+        with rt.waiting(shared):
+            pass

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from runtime import RegistryError, load_registry
-from runtime.registry import parse_registry
+from runtime.registry import RegistryFile, parse_registry
 
 
 def _entry(**fields: Any) -> dict[str, Any]:
@@ -161,3 +161,18 @@ def test_kind_option_errors_name_file_script_and_field(entry: dict[str, Any], ne
         _parse({"id": "k", "arguments": _ARGS, **entry})
     assert str(info.value).startswith("/srv/reg/registry.json: script 'k' (#1), field ")
     assert needle in str(info.value)
+
+
+def test_registry_file_reads_each_version_once_and_falls_back_to_the_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "registry.json"
+    path.write_text('{"scripts": [{"id": "a", "command": ["true"]}]}')
+    last_good: list[bytes | None] = [None]
+    registry = RegistryFile(path, lambda: last_good[0])
+    assert registry.get("a") is not None and registry.get("b") is None
+    path.write_text('{"scripts": [{"id": "a", "command": ["true"]}, {"id": "b", "command": ["true"]}]}')
+    assert registry.get("b") is not None  # a new version is read
+    path.write_text('{"scripts": [')  # invalid, and no good version known: a clear error
+    with pytest.raises(RegistryError, match="no good version"):
+        registry.get("a")
+    last_good[0] = b'{"scripts": [{"id": "c", "command": ["true"]}]}'
+    assert registry.get("c") is not None and registry.get("a") is None  # the last good version is in force
