@@ -254,11 +254,17 @@ class SchedulerActor(SupervisedActor):
     def teardown(self) -> None:
         if self._failed:
             return  # handed over in on_failure
+        core = self.core
+        runs = list(core.running.values()) if core is not None else []
+        if core is not None:
+            # A stop: attempts still running end as "stopped" and their jobs are queued for the
+            # next start, in the hand-over's commit (a python job on a worker thread may run on:
+            # a thread cannot be stopped).
+            core.stop_running()
         self._hand_over()
-        if self.core is None:
+        if core is None:
             return
-        # A stop: jobs still running stay "running" in the store; the next start retries them.
-        for run in self.core.running.values():
+        for run in runs:
             run.cancel.cancel()
         self.memory.close()
 

@@ -208,8 +208,10 @@ class Runtime:
         """Stop every actor and thread this runtime started (idempotent).
 
         Running jobs get ``drain`` seconds (default ``drain_timeout``) to finish;
-        queued ones stay queued in the store for the next start, and any still
-        running after the drain are stopped and retried by the next start.
+        queued ones stay queued in the store for the next start, and the attempts of
+        any still running after the drain are stopped (``stopped``, which does not count
+        against their retries): the next start runs those jobs again. Whoever waits
+        for a job (``wait_job``, ``run``, ``waiting``) gets ``RuntimeStopped``.
         """
         try:
             self._stop(self.settings.ask_timeout if timeout is None else timeout,

@@ -17,7 +17,7 @@ from runtime.errors import InvalidArguments
 from runtime.execution_stats import ExecutionStats
 from runtime.messages import CancelSlot
 from runtime.registry import Script
-from runtime.store import JobRecord, JobState, JobStore
+from runtime.store import STOPPED_ERROR, JobRecord, JobState, JobStore
 
 __all__ = ["Dispatch", "JobCheck", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory",
            "check_callbacks", "check_max_retries", "checked_jobs", "new_job", "priority_level"]
@@ -99,6 +99,11 @@ def checked_jobs(check: JobCheck, jobs: list[Any]) -> list[tuple[Script, dict[st
         except InvalidArguments as e:  # ScriptNotFound and PoolError name what is missing already
             raise InvalidArguments(f"job #{position}: {e}") from None
     return checked
+
+
+def _retries_used(record: JobRecord) -> int:
+    """Attempts after the first that count against the retry limit (``stopped`` ones do not)."""
+    return sum(1 for attempt in record.attempts if attempt.get("status") != "stopped") - 1
 
 
 def new_job(script: Script, arguments: dict[str, Any], priority: int, max_retries: int | None) -> JobRecord:
@@ -259,7 +264,7 @@ class SchedulerCore:
             error = f"invalid max_retries {record.max_retries!r} in the store"
             return self._close(record, JobState.FAILED, None, error).state
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
-        retries_used = len(record.attempts) - 1
+        retries_used = _retries_used(record)
         extra = bool(record.attempts) and record.attempts[-1].get("status") == "interrupted"
         if record.state is JobState.RETRYING and retries_used >= limit + extra:
             return self._close(record, JobState.FAILED, None, record.attempts[-1].get("error") or "interrupted").state
@@ -402,6 +407,26 @@ class SchedulerCore:
         # An outcome a retry cannot change (an SQL syntax error, an HTTP 404) ends the job now.
         return self._attempt_failed(record, result, error, final=result.get("retryable") is False)
 
+    def stop_running(self) -> list[str]:
+        """A graceful stop is over: the attempts still running end as ``stopped`` and their
+        jobs are queued again, for the next start. A stopped attempt is the runtime's doing,
+        not the job's: it does not count against the job's retries.
+
+        Returns:
+            the ids of those jobs.
+        """
+        now = self.wall()
+        stopped = list(self.running)
+        for job_id in stopped:
+            del self.running[job_id]
+            record = self.jobs[job_id]
+            record.attempts[-1].update(finished_at=now, status="stopped", error=STOPPED_ERROR)
+            record.state = JobState.QUEUED
+            record.progress = None
+            record.updated_at = now
+            self.dirty[job_id] = record
+        return stopped
+
     def abandon(self, job_id: str, error: str) -> Outcome | None:
         """The attempt running ``job_id`` is lost (its worker crashed or hung)."""
         run = self.running.pop(job_id, None)
@@ -444,7 +469,7 @@ class SchedulerCore:
         if result is not None:
             record.result = result
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
-        retries_used = len(record.attempts) - 1
+        retries_used = _retries_used(record)
         if final or retries_used >= limit:
             return self._close(record, JobState.FAILED, result, error)
         policy = self.policies.get(record.script_id, RetryPolicy())

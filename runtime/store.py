@@ -38,8 +38,10 @@ __all__ = [
     "recover",
 ]
 
-#: The error of an attempt that was running when the runtime stopped.
+#: The error of an attempt that was running when the runtime's process ended (killed).
 INTERRUPTED_ERROR = "interrupted: the runtime stopped while it ran"
+#: The error of an attempt still running when a graceful stop was over (its drain).
+STOPPED_ERROR = "stopped: the runtime was stopped while it ran; it runs again at the next start"
 
 
 class JobState(str, enum.Enum):

@@ -31,7 +31,7 @@ from runtime.errors import (ConfigError, InvalidArguments, JobNotFound, RuntimeS
 from runtime.messages import CancelSlot, RunJob
 from runtime.registry import Script
 from runtime.start_marks import StartMarker, marks_folder
-from runtime.store import INTERRUPTED_ERROR, JobRecord, JobState, MemoryStore, SqliteStore
+from runtime.store import INTERRUPTED_ERROR, STOPPED_ERROR, JobRecord, JobState, MemoryStore, SqliteStore
 from runtime.submit_journal import SubmitJournal, parse
 from runtime.testing import inject_fault, process_gone, replaced, wait_until, write_registry
 from tests import jobs_helpers as helpers
@@ -740,7 +740,7 @@ def test_a_job_still_running_after_the_drain_is_stopped_at_once_and_run_again_ne
         pids.append(message)
         started.set()
 
-    job = rt.submit("sleeper", max_retries=1, callback=on_progress)
+    job = rt.submit("sleeper", callback=on_progress)  # max_retries 0: a stopped attempt does not count
     assert started.wait(10)
     with caplog.at_level("ERROR", logger="runtime.runtime"):
         rt.stop(drain=0)
@@ -750,13 +750,14 @@ def test_a_job_still_running_after_the_drain_is_stopped_at_once_and_run_again_ne
     store = SqliteStore(store_dir)
     try:
         record = store.get(job)
-        assert record is not None and record.state.value == "running"  # as if the process had been killed
+        assert record is not None and record.state.value == "queued"  # for the next start
+        assert [(a["status"], a["error"]) for a in record.attempts] == [("stopped", STOPPED_ERROR)]
     finally:
         store.close()
     rt2 = start_runtime(registry, job_storage_path=store_dir, job_concurrency=1, **quiet())
     wait_until(lambda: len(rt2.status(job)["attempts"]) == 2 and rt2.status(job)["status"] == "running",
-               message="the interrupted job did not run again")
-    assert rt2.status(job)["attempts"][0]["status"] == "interrupted"
+               message="the stopped job did not run again")
+    assert rt2.status(job)["attempts"][0]["status"] == "stopped"
     assert rt2.cancel(job)
 
 

@@ -500,3 +500,26 @@ def test_restore_counts_an_interruption_only_when_it_ended_the_last_attempt() ->
     store.add(record)
     (pending,) = recover(store)
     assert SchedulerCore(store, Wall(), 3).restore(pending) is JobState.RETRYING
+
+
+def test_an_attempt_stopped_by_a_graceful_stop_does_not_count_against_the_retries() -> None:
+    store = MemoryStore()
+    core = SchedulerCore(store, Wall(), 3)
+    record = JobRecord.new("s", {}, max_retries=0)
+    core.submit(record)
+    core.worker_ready("w0")
+    (start,) = core.dispatch()
+    assert core.stop_running() == [record.id]
+    core.flush()
+    stored = store.get(record.id)
+    assert stored is not None and stored.state is JobState.QUEUED
+    assert [(a["number"], a["status"]) for a in stored.attempts] == [(1, "stopped")]
+    # The next start runs it again; a failure of its own is then its one allowed attempt.
+    (pending,) = recover(store)
+    core = SchedulerCore(store, Wall(), 3)
+    assert core.restore(pending) is JobState.QUEUED
+    core.worker_ready("w0")
+    (start,) = core.dispatch()
+    assert start.attempt == 2
+    outcome = core.finished(record.id, 2, {"status": "failed", "error": "boom"})
+    assert outcome is not None and outcome.state is JobState.FAILED
