@@ -139,7 +139,7 @@ def _run(args: argparse.Namespace) -> int:
             bar.on = False
             print(f"\njob {job_id} still running after {args.timeout:g} s: stopped; it stays in the store "
                   f"({rt.settings.job_storage_path}) and the next start runs it again", file=sys.stderr)
-            rt.stop(drain=0)  # no drain: the attempt is interrupted, and retried by the next start
+            rt.stop(drain=0)  # no drain: the attempt is stopped, and the job queued for the next start
             return 3
         except KeyboardInterrupt:
             bar.on = False

@@ -152,6 +152,7 @@ class SchedulerActor(SupervisedActor):
     # --- lifecycle --------------------------------------------------------------------
 
     def setup(self) -> None:
+        self.memory.instance_started()  # ended at the end of teardown, which runs whatever happens
         try:
             self._take_over()
         except BaseException:
@@ -252,14 +253,22 @@ class SchedulerActor(SupervisedActor):
             memory.running = dict(core.running)
 
     def teardown(self) -> None:
+        try:
+            self._teardown()
+        finally:
+            self.memory.instance_ended()
+
+    def _teardown(self) -> None:
         if self._failed:
             return  # handed over in on_failure
         core = self.core
         runs = list(core.running.values()) if core is not None else []
-        if core is not None:
-            # A stop: attempts still running end as "stopped" and their jobs are queued for the
-            # next start, in the hand-over's commit (a python job on a worker thread may run on:
-            # a thread cannot be stopped).
+        if core is not None and self.memory.draining:
+            # A graceful stop (the runtime drained first): attempts still running end as
+            # "stopped" and their jobs are queued for the next start, in the hand-over's
+            # commit (a python job on a worker thread may run on: a thread cannot be stopped).
+            # Any other stop (an escalation) leaves them running in the store: the next start
+            # counts them as interrupted, as after a kill.
             core.stop_running()
         self._hand_over()
         if core is None:
@@ -427,9 +436,10 @@ class SchedulerActor(SupervisedActor):
         return len(self._core().running)
 
     def interrupt(self) -> None:
-        """Stop the running attempts (the runtime stops, the drain is over): their jobs stay
-        ``running`` in the store, and the next start retries them as interrupted, as if the
-        process had been killed. Reports of attempts that ended all the same still count."""
+        """Stop the running attempts (the runtime stops, the drain is over): the reports of
+        those stopped are ignored, and at the teardown their attempts end as ``stopped`` and
+        their jobs are queued for the next start. Reports of attempts that ended all the
+        same still count."""
         self.memory.interrupting = True
         for run in self._core().running.values():
             run.cancel.cancel()  # a python job on a worker thread cannot be stopped: it runs on
@@ -503,7 +513,7 @@ class SchedulerActor(SupervisedActor):
         elif isinstance(message, JobFinished):
             run = core.running.get(message.job_id)
             if self.memory.interrupting and run is not None and message.result.get("status") == "cancelled":
-                return None  # stopped by interrupt(): left running in the store, for the next start
+                return None  # stopped by interrupt(): the teardown queues it for the next start
             if run is not None and run.attempt == message.attempt:
                 self._deadlines.pop(message.job_id, None)
             result = message.result
@@ -703,7 +713,7 @@ class SchedulerActor(SupervisedActor):
 
     def _deadlines_due(self) -> None:
         """Give up the attempts past their deadline; arm the timer for the next one."""
-        if self.memory.interrupting:  # the runtime stops: what still runs stays running in the store
+        if self.memory.interrupting:  # the runtime stops: what still runs is queued at the teardown
             return
         now = self.context.clock.monotonic()
         for job_id, (due, attempt) in list(self._deadlines.items()):

@@ -244,6 +244,10 @@ class Runtime:
                 _stop_ref(supervisor, timeout)
             for name in self.directory.names():
                 self.directory.set(name, None)
+            # After an escalation the actors were stopped without waiting: a scheduler may
+            # still be committing. Its store is closed once it is done.
+            if not self._scheduler_memory.wait_unused(timeout):
+                logger.error("the scheduler did not finish within %.1f s; closing its store anyway", timeout)
             self._scheduler_memory.close()  # a scheduler that failed for good left it open
             if self._journal is not None:  # submits waiting for a scheduler get RuntimeStopped
                 self._journal.close()

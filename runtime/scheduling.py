@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import random
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,6 +190,25 @@ class SchedulerMemory:
     #: are being stopped (``interrupt``). Here so that a restarted instance goes on with it.
     draining: bool = False
     interrupting: bool = False
+    #: Instances between the start of their ``setup`` and the end of their ``teardown``:
+    #: the runtime closes the store only once none is (an escalation stops the actors
+    #: without waiting for them, and SQLite must not be closed under a running commit).
+    _instances: int = 0
+    _instances_changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def instance_started(self) -> None:
+        with self._instances_changed:
+            self._instances += 1
+
+    def instance_ended(self) -> None:
+        with self._instances_changed:
+            self._instances -= 1
+            self._instances_changed.notify_all()
+
+    def wait_unused(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no instance uses the memory; whether none does."""
+        with self._instances_changed:
+            return self._instances_changed.wait_for(lambda: self._instances <= 0, timeout)
 
     def close(self) -> None:
         """Close the store (idempotent); the runtime calls it once its actors are gone."""

@@ -1543,3 +1543,31 @@ def test_every_wait_is_released_by_stop_even_with_one_release_for_two_or_a_broke
     with pytest.raises(RuntimeStopped):
         with rt.waiting(shared):
             pass
+
+
+def test_an_escalation_is_not_a_graceful_stop(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    # The runtime failed: the attempt it was running stays running in the store, so the next
+    # start counts it as interrupted (not as a graceful stop's "stopped", which is free).
+    # The escalation stops the actors without waiting: the store is closed only once the
+    # scheduler is done with it.
+    store_dir = tmp_path / "jobs"
+    rt = start_runtime(registry, job_storage_path=store_dir, job_concurrency=1, max_restarts=1,
+                       backoff_min=0.01, backoff_max=0.01, **quiet())
+    started = threading.Event()
+    job = rt.submit("sleeper", callback=lambda *_: started.set())
+    assert started.wait(10)
+    old = inject_fault(rt, "cache")
+    wait_until(lambda: replaced(rt, "cache", old), message="cache not restarted")
+    inject_fault(rt, "cache")  # the second failure escalates (max_restarts=1)
+    with pytest.raises(SupervisorEscalated):
+        rt.wait(timeout=10)
+    rt.stop()
+    store = SqliteStore(store_dir)
+    try:
+        record = store.get(job)
+    finally:
+        store.close()
+    assert record is not None and record.state.value == "running"
+    assert [a["status"] for a in record.attempts] == ["running"]
