@@ -277,7 +277,8 @@ class Runtime:
                 if scheduler.running_count().get(timeout=self.settings.ask_timeout) == 0:
                     return
                 pause.wait(0.01)
-            logger.warning("drain: jobs still running after %.1f s are stopped and will be retried", seconds)
+            logger.warning("drain: jobs still running after %.1f s are stopped; they run again at the next start",
+                           seconds)
             # Stopped now, not when each worker's stop times out behind its attempt.
             scheduler.interrupt().get(timeout=self.settings.ask_timeout)
         except (pykka.ActorDeadError, pykka.Timeout, RuntimeStopped):

@@ -343,22 +343,34 @@ def test_the_scheduler_proxy_takes_script_ids_in_batches_too(
     assert helpers.CALLS == ["p"]
 
 
-def test_a_record_with_an_invalid_priority_in_the_store_fails_alone(
-    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+def _poisoned(record: JobRecord, field: str) -> JobRecord:
+    if field == "priority":
+        record.priority = "high"  # type: ignore[assignment]
+    else:
+        record.max_retries = "3"  # type: ignore[assignment]
+        record.attempts.append({"number": 1, "started_at": 1.0, "finished_at": None, "error": None,
+                                "status": "running"})
+        record.state = JobState.RUNNING
+    return record
+
+
+@pytest.mark.parametrize(("field", "error"), [("priority", "invalid priority 'high' in the store"),
+                                              ("max_retries", "invalid max_retries '3' in the store")])
+def test_a_record_with_an_invalid_field_in_the_store_fails_alone(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, field: str, error: str
 ) -> None:
-    # Written by an older version that took any priority through the scheduler's proxy:
-    # it used to stop every start on the store.
+    # Written by an older version whose scheduler proxy took anything: it used to stop every
+    # start on the store.
     store_dir = tmp_path / "store"
     store = SqliteStore(store_dir)
-    bad = JobRecord.new("record", {"token": "bad"})
-    bad.priority = "high"  # type: ignore[assignment]
+    bad = _poisoned(JobRecord.new("record", {"token": "bad"}), field)
     good = JobRecord.new("record", {"token": "good"})
     store.add_many([bad, good])
     store.close()
     rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
     assert rt.wait_job(good.id, timeout=5)["status"] == "succeeded"
     status = rt.status(bad.id)
-    assert status["status"] == "failed" and status["error"] == "invalid priority 'high' in the store"
+    assert status["status"] == "failed" and status["error"] == error
     assert helpers.CALLS == ["good"]
 
 
@@ -1439,6 +1451,19 @@ def test_a_script_that_cannot_run_at_all_fails_without_retries(
     assert "cannot start '/nonexistent/program'" in final["error"] or "cannot load callable" in final["error"]
 
 
+def _threads_looking_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the threads that call ``Runtime.script`` (which asks the cache on a miss)."""
+    threads: list[str] = []
+    real = Runtime.script
+
+    def spy(self: Runtime, script_id: str) -> Script:
+        threads.append(threading.current_thread().name)
+        return real(self, script_id)
+
+    monkeypatch.setattr(Runtime, "script", spy)
+    return threads
+
+
 def test_a_submit_is_one_cache_lookup_made_by_the_submitting_thread(
     start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1451,35 +1476,11 @@ def test_a_submit_is_one_cache_lookup_made_by_the_submitting_thread(
     assert (after["hits"] - before["hits"], after["misses"] - before["misses"]) == (11, 0)
     # Without a cache every lookup reads the file: on the submitting thread, never the scheduler's.
     rt2 = start_runtime(registry, job_storage_path=tmp_path / "jobs", cache_size=0, **quiet())
-    lookups: list[str] = []
-    real = Runtime.script
-
-    def spy(self: Runtime, script_id: str) -> Script:
-        lookups.append(threading.current_thread().name)
-        return real(self, script_id)
-
-    monkeypatch.setattr(Runtime, "script", spy)
+    lookups = _threads_looking_up(monkeypatch)
     before = rt2.cache_stats()
     rt2.submit_many([("record", {"token": f"n{i}"}) for i in range(3)])
     assert lookups == [threading.current_thread().name] * 3
     assert rt2.cache_stats()["misses"] - before["misses"] == 3
-
-
-def test_a_record_with_an_invalid_retry_limit_in_the_store_fails_alone(
-    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
-) -> None:
-    store_dir = tmp_path / "store"
-    store = SqliteStore(store_dir)
-    bad = JobRecord.new("record", {"token": "bad"}, max_retries="3")  # type: ignore[arg-type]
-    bad.attempts.append({"number": 1, "started_at": 1.0, "finished_at": None, "error": None, "status": "running"})
-    bad.state = JobState.RUNNING
-    good = JobRecord.new("record", {"token": "good"})
-    store.add_many([bad, good])
-    store.close()
-    rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
-    assert rt.wait_job(good.id, timeout=5)["status"] == "succeeded"
-    status = rt.status(bad.id)
-    assert status["status"] == "failed" and status["error"] == "invalid max_retries '3' in the store"
 
 
 def test_the_scheduler_proxy_checks_without_asking_another_actor(
@@ -1488,14 +1489,7 @@ def test_the_scheduler_proxy_checks_without_asking_another_actor(
     # No cache (every lookup misses the published view): the scheduler reads the registry
     # file itself rather than ask the CacheActor from inside its handler.
     rt = start_runtime(registry, cache_size=0, store_factory=MemoryStore, **quiet())
-    asked: list[str] = []
-    real = Runtime.script
-
-    def spy(self: Runtime, script_id: str) -> Script:
-        asked.append(threading.current_thread().name)
-        return real(self, script_id)
-
-    monkeypatch.setattr(Runtime, "script", spy)
+    asked = _threads_looking_up(monkeypatch)
     job = rt.scheduler.submit("record", {"token": "cold"}).get(timeout=5)
     assert rt.wait_job(job, timeout=5)["status"] == "succeeded"
     with pytest.raises(ScriptNotFound, match=f"unknown script 'nope' in {re.escape(str(registry))}"):
