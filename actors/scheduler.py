@@ -19,6 +19,7 @@ from runtime.messages import (
     ChildDown,
     DeadlinePassed,
     FlushDue,
+    ForgetWaiter,
     JobFigures,
     JobFinished,
     JobProgress,
@@ -546,6 +547,12 @@ class SchedulerActor(SupervisedActor):
             self._timers.pop(message.job_id, None)
             if core.retry_due(message.job_id):
                 self._dispatch()
+        elif isinstance(message, ForgetWaiter):
+            waiters = self._waiters.get(message.job_id)
+            if waiters and message.fn in waiters:
+                waiters.remove(message.fn)
+                if not waiters:
+                    del self._waiters[message.job_id]
         elif isinstance(message, DeadlinePassed):
             self._deadlines_due()
         elif isinstance(message, FlushDue):

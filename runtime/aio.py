@@ -50,7 +50,11 @@ async def wait_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
     finished.runs_inline = True  # type: ignore[attr-defined]  # it never blocks: no hop through the callback thread
     with runtime.waiting(stopped):
         await run_blocking(runtime.when_done, job_id, finished)
-        return await done
+        try:
+            return await done
+        except asyncio.CancelledError:  # given up (a cancel, a wait_for's timeout): not kept until the job ends
+            runtime.forget_waiter(job_id, finished)
+            raise
 
 
 def _resolve(future: asyncio.Future[dict[str, Any]], outcome: dict[str, Any] | BaseException) -> None:

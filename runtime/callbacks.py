@@ -4,6 +4,7 @@ nothing else."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -17,9 +18,11 @@ logger = logging.getLogger(__name__)
 
 _STOP = object()
 
-#: Threads that run callbacks: how many jobs may have a blocked callback before the
-#: callbacks of other jobs wait too.
+#: Threads kept for callbacks.
 DEFAULT_THREADS = 4
+#: Most threads at once: when every thread is busy (a callback blocks), a job with calls to
+#: run gets a thread of its own, up to this many; past it, jobs wait for a free thread.
+MAX_THREADS = 64
 
 
 class CallbackRunner:
@@ -27,19 +30,30 @@ class CallbackRunner:
 
     The calls of one job run one at a time, in the order they were posted (a
     progress callback never overtakes an earlier one, a completion waiter comes
-    after the job's progress); calls of different jobs run side by side. The
-    lock guards only this runner's own queues, handed between the posting
-    threads and its own.
+    after the job's progress); calls of different jobs run side by side. A job
+    whose calls find every thread busy gets a new thread (up to ``most``), which
+    ends once it has no work: a blocked callback delays only its own job, and a
+    ``wait_job`` never waits for other jobs' callbacks. The lock guards only this
+    runner's own queues and thread count, handed between the posting threads and
+    its own.
     """
 
-    def __init__(self, name: str = "runtime-callbacks", threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, name: str = "runtime-callbacks", threads: int = DEFAULT_THREADS,
+                 most: int = MAX_THREADS) -> None:
+        self._name = name
+        self._base = threads
+        self._most = max(most, threads)
         self._lock = threading.Lock()
         self._pending: dict[Hashable, deque[tuple[Callable[..., Any], tuple[Any, ...], str | None]]] = {}
         self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()  # keys with calls, once each
-        self._threads = [threading.Thread(target=self._run, name=f"{name}-{i}", daemon=True)
-                         for i in range(threads)]
-        for thread in self._threads:
-            thread.start()
+        self._threads: set[threading.Thread] = set()
+        self._busy = 0  # threads running a job's calls
+        self._queued = 0  # jobs with calls that no thread has taken yet
+        self._numbers = itertools.count()
+        self._closed = False
+        with self._lock:
+            for _ in range(threads):
+                self._start_thread()
 
     def post(self, fn: Callable[..., Any], *args: Any, job_id: str | None = None, inline: bool = False) -> None:
         """Queue ``fn(*args)`` behind the calls already posted for ``job_id`` (a call
@@ -56,24 +70,45 @@ class CallbackRunner:
                 return
             if not inline:
                 self._pending[key] = deque([(fn, args, job_id)])
+                self._queued += 1
+                free = len(self._threads) - self._busy
+                if self._queued > free and len(self._threads) < self._most and not self._closed:
+                    self._start_thread()  # every thread is taken (a callback blocks, maybe)
         if inline:
             self._call(fn, args, job_id)
         else:
             self._ready.put(key)
 
+    def thread_count(self) -> int:
+        """Threads alive now (the ones kept, and any started while every one was busy)."""
+        with self._lock:
+            return len(self._threads)
+
     def close(self, timeout: float = 5.0) -> None:
         """Run what is queued, then stop the threads."""
-        for _ in self._threads:
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
             self._ready.put(_STOP)
-        for thread in self._threads:
+        for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(timeout)
+
+    def _start_thread(self) -> None:
+        """Start a thread (under the lock)."""
+        thread = threading.Thread(target=self._run, name=f"{self._name}-{next(self._numbers)}", daemon=True)
+        self._threads.add(thread)
+        thread.start()
 
     def _run(self) -> None:
         while True:
             key = self._ready.get()
             if key is _STOP:
-                return
+                break
+            with self._lock:
+                self._queued -= 1
+                self._busy += 1
             while True:
                 with self._lock:
                     calls = self._pending[key]
@@ -82,10 +117,17 @@ class CallbackRunner:
                         break
                     fn, args, job_id = calls.popleft()
                 self._call(fn, args, job_id)
+            with self._lock:
+                self._busy -= 1
+                if len(self._threads) > self._base and not self._queued:
+                    self._threads.discard(threading.current_thread())
+                    return  # started for a busy moment, which is over
+        with self._lock:
+            self._threads.discard(threading.current_thread())
 
     @staticmethod
     def _call(fn: Callable[..., Any], args: tuple[Any, ...], job_id: str | None) -> None:
         try:
             fn(*args)
-        except Exception:
+        except BaseException:  # noqa: BLE001 - even SystemExit: it would end this thread and strand the job's calls
             logger.exception("callback %r for job %s raised; ignored", fn, job_id)

@@ -6,8 +6,10 @@ store, and nothing here blocks an event loop.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -77,8 +79,39 @@ async def init_queue(concurrency_limit: int | None = None, registry_path: str | 
     The registry comes from ``registry_path``, else ``REGISTRY_PATH``, else
     ``./registry.json``; the store from ``JOB_STORAGE_PATH``.
     """
-    runtime = await run_blocking(lambda: Runtime.start(registry_path, job_concurrency=concurrency_limit, **settings))
+    handoff = _Handoff()
+    try:
+        runtime = await run_blocking(
+            lambda: handoff.started(Runtime.start(registry_path, job_concurrency=concurrency_limit, **settings)))
+    except asyncio.CancelledError:  # the start goes on in its thread: what it starts is stopped
+        handoff.abandon()
+        raise
     return JobQueue(runtime)
+
+
+class _Handoff:
+    """A runtime started for an ``init_queue`` that may be cancelled meanwhile: whichever
+    comes second, the start or the cancel, stops it (off the event loop)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._runtime: Runtime | None = None
+        self._abandoned = False
+
+    def started(self, runtime: Runtime) -> Runtime:
+        with self._lock:
+            self._runtime = runtime
+            abandoned = self._abandoned
+        if abandoned:
+            runtime.stop()  # on the start's own thread
+        return runtime
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            runtime = self._runtime
+        if runtime is not None:
+            threading.Thread(target=runtime.stop, name="runtime-abandoned-start", daemon=True).start()
 
 
 class ToolExecutionService:

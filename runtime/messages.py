@@ -26,6 +26,7 @@ __all__ = [
     "ReportReady",
     "RetryDue",
     "FlushDue",
+    "ForgetWaiter",
     "RunJob",
     "Submitted",
     "WorkerReady",
@@ -166,6 +167,15 @@ class AcceptJobs:
     max_retries: int | None = None
     callback: Callable[..., Any] | None = None
     on_done: Callable[[dict[str, Any]], Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetWaiter:
+    """Runtime → SchedulerActor: ``fn`` no longer waits for ``job_id`` (its wait timed out or
+    was cancelled): drop it rather than keep it until the job ends."""
+
+    job_id: str
+    fn: Callable[[dict[str, Any]], Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from runtime.config import Settings, load_settings
 from runtime.errors import (ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, ScriptNotFound,
                             SupervisorEscalated)
 from runtime.executors import validate_arguments
-from runtime.messages import AcceptJobs, InjectFault
+from runtime.messages import AcceptJobs, ForgetWaiter, InjectFault
 from runtime.pools import ConnectionPools
 from runtime.registry import RegistryFile, Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView, ViewHits
@@ -34,7 +34,7 @@ from runtime.store import JobStore, claim_folder
 from runtime.submit_journal import SubmitJournal
 from runtime.supervision import Backoff, ChildSpec, RestartPolicy
 
-from actors.base import ActorContext, Directory
+from actors.base import ActorContext, Directory, tell_ref
 from actors.cache import CacheActor
 from actors.scheduler import SchedulerActor
 from actors.stats import StatsActor
@@ -217,13 +217,18 @@ class Runtime:
             self._stop(self.settings.ask_timeout if timeout is None else timeout,
                        self.settings.drain_timeout if drain is None else drain)
         finally:  # even a stop that failed half-way: no one waits for its jobs any more
-            with self._blocked_lock:
-                releases = list(self._blocked.values())
-            for release in releases:
-                try:
-                    release()
-                except Exception:  # one caller's broken release must not keep the others waiting
-                    logger.exception("runtime: a release of a waiter raised")
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        """Release every wait registered so far, each once."""
+        with self._blocked_lock:
+            releases = list(self._blocked.values())
+            self._blocked.clear()
+        for release in releases:
+            try:
+                release()
+            except Exception:  # one caller's broken release must not keep the others waiting
+                logger.exception("runtime: a release of a waiter raised")
 
     def _stop(self, timeout: float, drain: float) -> None:
         self._drain(drain)
@@ -258,6 +263,7 @@ class Runtime:
                 self.pools.close()
             if self._owns_clock:
                 self.clock.close()
+            self._release_waiters()  # first: a callback may be waiting for a job
             self.callbacks.close()
             self._proxies.clear()
             self._stopped.set()
@@ -521,7 +527,7 @@ class Runtime:
             RuntimeStopped: the runtime stopped first (the job stays in the store).
         """
         waiter = _Waiter()
-        with self.waiting(waiter.release):
+        with self.waiting(waiter.release), self._forgotten_unless_done(job_id, waiter):
             self.when_done(job_id, waiter)
             return waiter.result(job_id, timeout)
 
@@ -535,7 +541,24 @@ class Runtime:
         """
         waiter = _Waiter()
         with self.waiting(waiter.release):
-            return waiter.result(self.submit(script_id, arguments, on_done=waiter, **options), timeout)
+            job_id = self.submit(script_id, arguments, on_done=waiter, **options)
+            with self._forgotten_unless_done(job_id, waiter):
+                return waiter.result(job_id, timeout)
+
+    @contextlib.contextmanager
+    def _forgotten_unless_done(self, job_id: str, waiter: Callable[[dict[str, Any]], Any]) -> Iterator[None]:
+        """If the block does not end normally (a timeout, a cancel), the scheduler drops
+        ``waiter``: a wait given up must not stay registered until the job ends."""
+        try:
+            yield
+        except BaseException:
+            self.forget_waiter(job_id, waiter)
+            raise
+
+    def forget_waiter(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> None:
+        """Drop a completion callback registered with :meth:`when_done` (or ``on_done``);
+        never blocks (a scheduler restarting just then keeps it until the job ends)."""
+        tell_ref(self.directory.get("scheduler"), ForgetWaiter(job_id, fn))
 
     @contextlib.contextmanager
     def waiting(self, release: Callable[[], None]) -> Iterator[None]:
@@ -553,7 +576,7 @@ class Runtime:
             yield
         finally:
             with self._blocked_lock:
-                del self._blocked[token]
+                self._blocked.pop(token, None)  # gone already if stop released it
 
     def resize_workers(self, count: int, drain: float | None = None) -> None:
         """Grow or shrink the worker pool to ``count`` WorkerActors, without a restart.

@@ -83,3 +83,41 @@ def test_an_inline_call_runs_at_once_unless_its_job_has_calls_queued(runner: Cal
     hold.set()
     wait_until(lambda: len(threads) == 2)
     assert threads[1] is not caller
+
+
+@pytest.mark.parametrize("raised", [SystemExit(1), KeyboardInterrupt()])
+def test_even_a_base_exception_from_a_callback_is_contained(runner: CallbackRunner, raised: BaseException) -> None:
+    seen: list[str] = []
+
+    def raising() -> None:
+        raise raised
+
+    runner.post(raising, job_id="a")
+    runner.post(seen.append, "after", job_id="a")  # the job's next call still runs
+    wait_until(lambda: seen == ["after"], message="a callback's BaseException stranded its job")
+
+
+def test_jobs_get_threads_of_their_own_while_every_thread_is_blocked() -> None:
+    runner = CallbackRunner(threads=2, most=4)
+    hold = threading.Event()
+    entered: list[str] = []
+    seen: list[str] = []
+
+    def blocking(tag: str) -> None:
+        entered.append(tag)
+        hold.wait(10)
+
+    try:
+        for job in ("a", "b", "c", "d"):  # more blocked jobs than the two threads kept
+            runner.post(blocking, job, job_id=job)
+        wait_until(lambda: sorted(entered) == ["a", "b", "c", "d"], message="a job waited for another's callback")
+        assert runner.thread_count() == 4
+        runner.post(seen.append, "e", job_id="e")  # past `most`: it waits for a free thread
+        assert runner.thread_count() == 4 and seen == []
+    finally:
+        hold.set()
+    wait_until(lambda: seen == ["e"], message="a job beyond the limit never ran")
+    # The threads started for the busy moment end with it.
+    wait_until(lambda: runner.thread_count() == 2, message="extra callback threads did not end")
+    runner.close()
+    assert runner.thread_count() == 0

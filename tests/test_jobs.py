@@ -3,6 +3,7 @@ validation, crashes of workers and of the whole process, drain, hung workers."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -1565,3 +1566,83 @@ def test_an_escalation_is_not_a_graceful_stop(
         store.close()
     assert record is not None and record.state.value == "running"
     assert [a["status"] for a in record.attempts] == ["running"]
+
+
+def test_wait_job_never_waits_for_other_jobs_callbacks(start_runtime: Callable[..., Runtime], registry: Path) -> None:
+    rt = start_runtime(registry, job_concurrency=2, **quiet())
+    hold = threading.Event()
+    entered: list[str] = []
+
+    def slow(job_id: str, fraction: float, message: str) -> None:
+        entered.append(job_id)
+        hold.wait(30)
+
+    try:
+        for n in range(6):  # more jobs stuck in their callbacks than the callback threads kept
+            rt.submit("report", {"token": f"t{n}"}, callback=slow)
+        wait_until(lambda: len(entered) == 6, message="a job's callback waited for other jobs' callbacks")
+        reported: list[float] = []
+        status = rt.run("report", {"token": "mine"}, callback=lambda _j, fraction, _m: reported.append(fraction),
+                        timeout=10)
+        assert status["status"] == "succeeded" and reported == [0.5, 1.0]  # its own callbacks ran first
+    finally:
+        hold.set()
+
+
+def test_a_callback_raising_systemexit_does_not_strand_its_job(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, **quiet())
+
+    def exits(job_id: str, fraction: float, message: str) -> None:
+        sys.exit(1)
+
+    assert rt.run("report", {"token": "x"}, callback=exits, timeout=10)["status"] == "succeeded"
+
+
+def test_waits_given_up_leave_no_waiter_behind(start_runtime: Callable[..., Runtime], registry: Path) -> None:
+    from runtime.aio import wait_job
+
+    rt = start_runtime(registry, **quiet())
+    job = rt.submit("block", {"name": "w"})
+    assert helpers.started("w").wait(5)
+
+    async def give_up() -> None:
+        for _ in range(10):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(wait_job(rt, job), 0.01)
+
+    try:
+        asyncio.run(give_up())
+        for _ in range(10):
+            with pytest.raises(TimeoutError):
+                rt.wait_job(job, timeout=0)
+        wait_until(lambda: not rt._scheduler_memory.waiters.get(job), message="given-up waiters kept")
+    finally:
+        helpers.release("w")
+    assert rt.wait_job(job, timeout=5)["status"] == "succeeded"
+
+
+def test_stop_releases_a_callback_waiting_for_a_job_before_it_joins_the_callback_threads(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=1, drain_timeout=0, **quiet())
+    outcome: list[BaseException] = []
+    queued: list[str] = []
+    ready = threading.Event()
+
+    def on_done(status: dict[str, Any]) -> None:
+        ready.wait(10)
+        try:
+            rt.wait_job(queued[0])
+        except RuntimeStopped as e:
+            outcome.append(e)
+
+    rt.submit("report", {"token": "first"}, on_done=on_done)
+    rt.submit("sleeper")  # holds the only worker until the stop
+    queued.append(rt.submit("record", {"token": "never"}))
+    ready.set()
+    wait_until(lambda: rt._scheduler_memory.waiters.get(queued[0]), message="on_done not waiting")
+    rt.stop()
+    assert outcome and isinstance(outcome[0], RuntimeStopped)  # released within the stop, not after it
+    assert rt.callbacks.thread_count() == 0

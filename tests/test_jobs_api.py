@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from pathlib import Path
 
+import pykka
 import pytest
 
 from runtime import (ConfigError, InvalidArguments, JobPriority, RuntimeStopped, ScriptNotFound, ToolExecutionService,
                      init_cache, init_queue)
+from runtime.store import MemoryStore
 from runtime.testing import wait_until, write_registry
 
 
@@ -172,3 +175,24 @@ def test_stop_releases_an_awaited_job(tmp_path: Path) -> None:
             await asyncio.wait_for(waiting, timeout=10)
 
     asyncio.run(main())
+
+
+def test_a_cancelled_init_queue_leaves_no_runtime_running(tmp_path: Path) -> None:
+    registry = _registry(tmp_path)
+    entered, go = threading.Event(), threading.Event()
+
+    def store() -> MemoryStore:  # the start is held here until the caller has given up
+        entered.set()
+        go.wait(10)
+        return MemoryStore()
+
+    async def main() -> None:
+        task = asyncio.create_task(init_queue(1, registry, store_factory=store, watcher="polling"))
+        await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        task.cancel()
+        go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    wait_until(lambda: pykka.ActorRegistry.get_all() == [], message="the abandoned start left actors running")
