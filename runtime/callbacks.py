@@ -8,6 +8,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -20,9 +21,12 @@ _STOP = object()
 
 #: Threads kept for callbacks.
 DEFAULT_THREADS = 4
-#: Most threads at once: when every thread is busy (a callback blocks), a job with calls to
-#: run gets a thread of its own, up to this many; past it, jobs wait for a free thread.
+#: Most threads at once: when no thread has taken a queued job's calls for ``STALL``
+#: seconds (every one is blocked in a callback), one more is started, up to this many.
 MAX_THREADS = 64
+#: Seconds queued calls may wait with no thread taking any before another thread starts:
+#: long against a callback that only records something, short against a blocked one.
+STALL = 0.05
 
 
 class CallbackRunner:
@@ -30,12 +34,13 @@ class CallbackRunner:
 
     The calls of one job run one at a time, in the order they were posted (a
     progress callback never overtakes an earlier one, a completion waiter comes
-    after the job's progress); calls of different jobs run side by side. A job
-    whose calls find every thread busy gets a new thread (up to ``most``), which
-    ends once it has no work: a blocked callback delays only its own job, and a
-    ``wait_job`` never waits for other jobs' callbacks. The lock guards only this
-    runner's own queues and thread count, handed between the posting threads and
-    its own.
+    after the job's progress); calls of different jobs run side by side. When
+    queued calls wait ``STALL`` seconds with no thread taking any (every thread is
+    blocked in a callback), a watcher starts one more thread, up to ``most``; a
+    thread started so ends once nothing is queued. So a blocked callback delays
+    only its own job, and a ``wait_job`` does not wait for other jobs' callbacks
+    (beyond ``STALL``). The lock guards only this runner's own queues and counts,
+    handed between the posting threads and its own.
     """
 
     def __init__(self, name: str = "runtime-callbacks", threads: int = DEFAULT_THREADS,
@@ -47,13 +52,16 @@ class CallbackRunner:
         self._pending: dict[Hashable, deque[tuple[Callable[..., Any], tuple[Any, ...], str | None]]] = {}
         self._ready: queue.SimpleQueue[Any] = queue.SimpleQueue()  # keys with calls, once each
         self._threads: set[threading.Thread] = set()
-        self._busy = 0  # threads running a job's calls
         self._queued = 0  # jobs with calls that no thread has taken yet
+        self._taken = 0  # jobs taken by a thread so far: the watcher sees progress by it
+        self._work = threading.Condition(self._lock)  # something was queued, or the runner closes
         self._numbers = itertools.count()
         self._closed = False
         with self._lock:
             for _ in range(threads):
                 self._start_thread()
+        self._watcher = threading.Thread(target=self._watch, name=f"{name}-watcher", daemon=True)
+        self._watcher.start()
 
     def post(self, fn: Callable[..., Any], *args: Any, job_id: str | None = None, inline: bool = False) -> None:
         """Queue ``fn(*args)`` behind the calls already posted for ``job_id`` (a call
@@ -71,9 +79,8 @@ class CallbackRunner:
             if not inline:
                 self._pending[key] = deque([(fn, args, job_id)])
                 self._queued += 1
-                free = len(self._threads) - self._busy
-                if self._queued > free and len(self._threads) < self._most and not self._closed:
-                    self._start_thread()  # every thread is taken (a callback blocks, maybe)
+                if self._queued == 1:
+                    self._work.notify()
         if inline:
             self._call(fn, args, job_id)
         else:
@@ -88,12 +95,30 @@ class CallbackRunner:
         """Run what is queued, then stop the threads."""
         with self._lock:
             self._closed = True
+            self._work.notify()
             threads = list(self._threads)
         for _ in threads:
             self._ready.put(_STOP)
-        for thread in threads:
+        for thread in [*threads, self._watcher]:
             if thread is not threading.current_thread():
                 thread.join(timeout)
+
+    def _watch(self) -> None:
+        """Start one more thread whenever queued calls wait ``STALL`` seconds with no thread
+        taking any: every thread is blocked in a callback."""
+        with self._lock:
+            while not self._closed:
+                if not self._queued:
+                    self._work.wait()
+                    continue
+                taken, deadline = self._taken, time.monotonic() + STALL
+                while not self._closed and self._queued and self._taken == taken:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        if len(self._threads) < self._most:
+                            self._start_thread()
+                        break
+                    self._work.wait(left)
 
     def _start_thread(self) -> None:
         """Start a thread (under the lock)."""
@@ -108,7 +133,7 @@ class CallbackRunner:
                 break
             with self._lock:
                 self._queued -= 1
-                self._busy += 1
+                self._taken += 1
             while True:
                 with self._lock:
                     calls = self._pending[key]
@@ -118,7 +143,6 @@ class CallbackRunner:
                     fn, args, job_id = calls.popleft()
                 self._call(fn, args, job_id)
             with self._lock:
-                self._busy -= 1
                 if len(self._threads) > self._base and not self._queued:
                     self._threads.discard(threading.current_thread())
                     return  # started for a busy moment, which is over
