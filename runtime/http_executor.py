@@ -28,6 +28,7 @@ from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from runtime.executors import ExecutionResult, ProgressCallback, report_progress, require_kind
+from runtime.pools.http import RequestAbort
 from runtime.registry import ARGUMENT_PLACEHOLDER, DEFAULT_BODY_CAP, HEADER_PLACEHOLDER, Script
 
 if TYPE_CHECKING:
@@ -168,6 +169,9 @@ class HttpExecution:
         self._aborted: str | None = None  # "cancelled" or "timeout", once decided
         self._response: urllib3.BaseHTTPResponse | None = None
         self._outcome: _Response | BaseException | None = None
+        # Ends the helper's request while it still waits for the headers: its connection
+        # (a slot of the shared pool) is not held until the timeout.
+        self._request_abort = RequestAbort()
 
     def cancel(self) -> None:
         """From any thread: end :meth:`run` with ``cancelled`` (or keep it from starting)."""
@@ -213,7 +217,8 @@ class HttpExecution:
         try:
             response = self._pool.request(request.method, request.url, headers=request.headers, body=request.body,
                                           timeout=timeout, preload_content=False, pool_timeout=self.script.timeout,
-                                          deadline=time.monotonic() + self.script.timeout)
+                                          deadline=time.monotonic() + self.script.timeout,
+                                          abort=self._request_abort)
         except Exception as e:  # transport errors; anything else is reported the same way, never raised here
             log.debug("http script %r: %s to %s raised %s", self.script.id, request.method, self._host,
                       type(e).__name__)
@@ -270,6 +275,8 @@ class HttpExecution:
         self._wake.set()
         if response is not None:
             response.shutdown()  # a read blocked in the helper returns at once
+        else:
+            self._request_abort.abort()  # so does a wait for the headers
 
     @staticmethod
     def _discard(response: urllib3.BaseHTTPResponse) -> None:

@@ -18,6 +18,7 @@ import pytest
 from runtime.executors import ExecutionResult, validate_arguments
 from runtime.http_executor import HttpExecution
 from runtime.pools import ConnectionPools, HttpPool
+from runtime.pools.http import RequestAbort, RequestAborted
 from runtime.registry import Script, parse_registry
 from runtime.testing import wait_until
 
@@ -284,3 +285,26 @@ def test_wrong_kind_and_second_run_are_the_callers_mistakes(server: Server, pool
     assert result.status == "succeeded" and result.extra["body"] == ""
     with pytest.raises(RuntimeError):
         execution.run()
+
+
+def test_a_cancel_before_the_headers_frees_the_connection_at_once(server: Server, pool: HttpPool) -> None:
+    # Without it, the helper thread held the connection (a slot of the shared pool) until the
+    # server answered or the script's timeout passed.
+    execution = HttpExecution(_script(url=server.base + "/slow", timeout=30), {}, pool)
+    results: list[ExecutionResult] = []
+    runner = threading.Thread(target=lambda: results.append(execution.run()))
+    runner.start()
+    assert server.arrived.wait(5)  # the server holds the answer back (10 s)
+    execution.cancel()
+    runner.join(2)
+    assert not runner.is_alive() and results[0].status == "cancelled"
+    wait_until(lambda: pool.figures()["in_use"] == 0, message="the cancelled request still holds its connection")
+    assert _run(_script(url=server.base + "/json"), pool).status == "succeeded"  # the pool serves on
+
+
+def test_a_request_abort_stops_a_request_at_any_point(server: Server, pool: HttpPool) -> None:
+    abort = RequestAbort()
+    abort.abort()  # before the request took a connection: it takes none
+    with pytest.raises(RequestAborted):
+        pool.request("GET", server.base + "/json", abort=abort)
+    assert pool.figures()["in_use"] == 0

@@ -8,8 +8,10 @@ request targets, which carry the jobs' arguments and tokens (installed on import
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
+import socket
 import threading
 import time
 import weakref
@@ -22,7 +24,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from runtime.errors import ConfigError
 from runtime.pools.validation import check_int, check_positive
 
-__all__ = ["HttpPool"]
+__all__ = ["HttpPool", "RequestAbort", "RequestAborted"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +89,50 @@ class _WaitTimingQueue(queue.LifoQueue[Any]):
             self.counts.end_wait(time.monotonic() - started)
 
 
+class RequestAborted(Exception):
+    """The request was aborted (``RequestAbort.abort``) before it got its answer."""
+
+
+class RequestAbort:
+    """Ends a request in flight from another thread, even one still waiting for its
+    answer's headers: its connection's socket is shut down (a blocked read returns at
+    once), and a retry it would start gets no connection. Pass it to ``HttpPool.request``.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._conn: Any = None
+
+    def abort(self) -> None:
+        """From any thread; idempotent."""
+        with self._lock:
+            self._aborted = True
+            conn = self._conn
+        if conn is not None:
+            _shut(conn)
+
+    def attach(self, conn: Any) -> bool:
+        """The request took ``conn`` from its pool; ``False``: it was aborted already."""
+        with self._lock:
+            self._conn = conn
+            return not self._aborted
+
+
+def _shut(conn: Any) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # not connected yet, or closed meanwhile
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+#: The ``RequestAbort`` of the request this thread is making (urllib3 is synchronous).
+_in_flight = threading.local()
+
+
 class _CountedPoolMixin:
-    """Registers each host pool with its ``HttpPool``'s counts when it is made."""
+    """Registers each host pool with its ``HttpPool``'s counts when it is made, and hands
+    each connection it lends to the ``RequestAbort`` of the request, if any."""
 
     counts: _HttpCounts
 
@@ -96,6 +140,15 @@ class _CountedPoolMixin:
         super().__init__(*args, **kwargs)
         with self.counts.lock:
             self.counts.host_pools.add(self)  # type: ignore[arg-type]
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        abort: RequestAbort | None = getattr(_in_flight, "abort", None)
+        if abort is not None and not abort.attach(conn):
+            # urllib3 puts an empty slot back for a request that fails here: the slot is not lost.
+            conn.close()
+            raise RequestAborted("the request was aborted")
+        return conn
 
 
 def _pool_classes(counts: _HttpCounts) -> dict[str, type[HTTPConnectionPool]]:
@@ -251,6 +304,7 @@ class HttpPool:
         preload_content: bool = False,
         pool_timeout: float | None = None,
         deadline: float | None = None,
+        abort: RequestAbort | None = None,
     ) -> urllib3.BaseHTTPResponse:
         """Send a request through the pool.
 
@@ -272,6 +326,8 @@ class HttpPool:
                 is full (None: the pool's ``pool_timeout``); then ``EmptyPoolError``.
             deadline: ``time.monotonic()`` after which no retry starts and no retry
                 wait runs (a job's end): the last response or error is returned.
+            abort: ends the request from another thread (``RequestAbort.abort``); it
+                then raises ``RequestAborted`` or urllib3's error for the shut socket.
 
         Raises:
             urllib3.exceptions.HTTPError: unchanged from urllib3 (e.g. ``MaxRetryError``,
@@ -287,6 +343,7 @@ class HttpPool:
                               | {name.lower() for name in merged})
             if deadline is not None and isinstance(retry, _Retry):
                 retry = retry.new(deadline=deadline)
+        _in_flight.abort = abort
         try:
             response = self._manager.request(
                 method,
@@ -301,6 +358,8 @@ class HttpPool:
         except Exception:
             self._counts.record_request(error=True)
             raise
+        finally:
+            _in_flight.abort = None
         self._counts.record_request(retries=_retries_taken(response))
         return response
 
