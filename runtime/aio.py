@@ -48,7 +48,7 @@ async def wait_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
             pass
 
     finished.runs_inline = True  # type: ignore[attr-defined]  # it never blocks: no hop through the callback thread
-    with runtime.waiting(stopped):
+    with runtime.waiting(stopped, job_id, finished):
         await run_blocking(runtime.when_done, job_id, finished)
         try:
             return await done

@@ -27,6 +27,8 @@ MAX_THREADS = 64
 #: Seconds queued calls may wait with no thread taking any before another thread starts:
 #: long against a callback that only records something, short against a blocked one.
 STALL = 0.05
+#: Seconds a thread beyond the kept ones may wait for work before it ends.
+IDLE_EXIT = 1.0
 
 
 class CallbackRunner:
@@ -92,16 +94,17 @@ class CallbackRunner:
             return len(self._threads)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Run what is queued, then stop the threads."""
+        """Run what is queued, then stop the threads, waiting ``timeout`` seconds for all."""
         with self._lock:
             self._closed = True
             self._work.notify()
             threads = list(self._threads)
         for _ in threads:
             self._ready.put(_STOP)
+        deadline = time.monotonic() + timeout
         for thread in [*threads, self._watcher]:
             if thread is not threading.current_thread():
-                thread.join(timeout)
+                thread.join(max(0.0, deadline - time.monotonic()))
 
     def _watch(self) -> None:
         """Start one more thread whenever queued calls wait ``STALL`` seconds with no thread
@@ -128,7 +131,14 @@ class CallbackRunner:
 
     def _run(self) -> None:
         while True:
-            key = self._ready.get()
+            try:
+                key = self._ready.get(timeout=IDLE_EXIT)
+            except queue.Empty:
+                with self._lock:
+                    if len(self._threads) > self._base:  # one more than needed, idle: it ends
+                        self._threads.discard(threading.current_thread())
+                        return
+                continue
             if key is _STOP:
                 break
             with self._lock:

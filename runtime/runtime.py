@@ -87,7 +87,7 @@ class Runtime:
         self._ready = threading.Event()
         self._stopped = threading.Event()
         self._lifecycle = threading.Lock()  # guards start/stop of this handle, not actor state
-        self._blocked: dict[object, Callable[[], None]] = {}  # releases of those waiting for jobs (waiting())
+        self._blocked: dict[object, _Wait] = {}  # those waiting for jobs (waiting())
         self._blocked_lock = threading.Lock()
         self._escalation: str | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
@@ -219,11 +219,14 @@ class Runtime:
         finally:  # even a stop that failed half-way: no one waits for its jobs any more
             self._release_waiters()
 
-    def _release_waiters(self) -> None:
-        """Release every wait registered so far, each once."""
+    def _release_waiters(self, unfinished_only: bool = False) -> None:
+        """Release the waits registered so far, each once; ``unfinished_only``: those whose
+        job has not finished (the scheduler, stopped, still holds their waiter)."""
+        waiting = self._scheduler_memory.waiters
         with self._blocked_lock:
-            releases = list(self._blocked.values())
-            self._blocked.clear()
+            chosen = [token for token, wait in self._blocked.items()
+                      if not unfinished_only or (wait.job_id is not None and wait.waiter in waiting.get(wait.job_id, ()))]
+            releases = [self._blocked.pop(token).release for token in chosen]
         for release in releases:
             try:
                 release()
@@ -263,7 +266,9 @@ class Runtime:
                 self.pools.close()
             if self._owns_clock:
                 self.clock.close()
-            self._release_waiters()  # first: a callback may be waiting for a job
+            # Waits for jobs that did not finish end first (a callback may be one of them);
+            # the queued callbacks run next, finished jobs' waiters among them.
+            self._release_waiters(unfinished_only=True)
             self.callbacks.close()
             self._proxies.clear()
             self._stopped.set()
@@ -527,7 +532,7 @@ class Runtime:
             RuntimeStopped: the runtime stopped first (the job stays in the store).
         """
         waiter = _Waiter()
-        with self.waiting(waiter.release), self._forgotten_unless_done(job_id, waiter):
+        with self.waiting(waiter.release, job_id, waiter), self._forgotten_unless_done(job_id, waiter):
             self.when_done(job_id, waiter)
             return waiter.result(job_id, timeout)
 
@@ -540,10 +545,9 @@ class Runtime:
             runtime stopped first (the job stays in the store).
         """
         waiter = _Waiter()
-        with self.waiting(waiter.release):
-            job_id = self.submit(script_id, arguments, on_done=waiter, **options)
-            with self._forgotten_unless_done(job_id, waiter):
-                return waiter.result(job_id, timeout)
+        job_id = self.submit(script_id, arguments, on_done=waiter, **options)
+        with self.waiting(waiter.release, job_id, waiter), self._forgotten_unless_done(job_id, waiter):
+            return waiter.result(job_id, timeout)
 
     @contextlib.contextmanager
     def _forgotten_unless_done(self, job_id: str, waiter: Callable[[dict[str, Any]], Any]) -> Iterator[None]:
@@ -561,9 +565,18 @@ class Runtime:
         tell_ref(self.directory.get("scheduler"), ForgetWaiter(job_id, fn))
 
     @contextlib.contextmanager
-    def waiting(self, release: Callable[[], None]) -> Iterator[None]:
+    def waiting(self, release: Callable[[], None], job_id: str | None = None,
+                waiter: Callable[[dict[str, Any]], Any] | None = None) -> Iterator[None]:
         """For code that waits for this runtime's jobs: ``release()`` is called if the runtime
         stops meanwhile, so that nothing waits for a job of a stopped runtime.
+
+        Args:
+            release: ends the wait.
+            job_id, waiter: the job and the completion callback the wait is for (registered
+                with ``when_done``): a wait whose job has not finished is released before
+                the callbacks still queued run, so that a callback waiting for such a job
+                cannot hold the stop up; the others are released after them, so that a
+                finished job's status still reaches its waiter.
 
         Raises:
             RuntimeStopped: the runtime is stopped already.
@@ -571,7 +584,7 @@ class Runtime:
         token = object()  # one entry per wait, even for the same release
         with self._blocked_lock:
             self._check_running()
-            self._blocked[token] = release
+            self._blocked[token] = _Wait(release, job_id, waiter)
         try:
             yield
         finally:
@@ -653,6 +666,15 @@ class Runtime:
             raise RuntimeStopped(f"the runtime stopped: {self._escalation}")
         if self._stopped.is_set():
             raise RuntimeStopped("the runtime is stopped")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Wait:
+    """One wait registered with ``Runtime.waiting``."""
+
+    release: Callable[[], None]
+    job_id: str | None = None
+    waiter: Callable[[dict[str, Any]], Any] | None = None
 
 
 class _Waiter:

@@ -121,3 +121,25 @@ def test_jobs_get_threads_of_their_own_while_every_thread_is_blocked() -> None:
     wait_until(lambda: runner.thread_count() == 2, message="extra callback threads did not end")
     runner.close()
     assert runner.thread_count() == 0
+
+
+def test_close_waits_its_timeout_once_for_all_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CallbackRunner(threads=1, most=4)
+    hold = threading.Event()
+    started = [threading.Event() for _ in range(4)]
+    given: list[float] = []
+    real_join = threading.Thread.join
+
+    def join(self: threading.Thread, timeout: float | None = None) -> None:
+        given.append(timeout if timeout is not None else float("inf"))
+        real_join(self, timeout)
+
+    try:
+        for i in range(4):  # every thread blocked: the watcher adds threads up to four
+            runner.post(lambda i=i: (started[i].set(), hold.wait(30)), job_id=f"j{i}")
+            assert started[i].wait(5)
+        monkeypatch.setattr(threading.Thread, "join", join)
+        runner.close(timeout=0.5)
+    finally:
+        hold.set()
+    assert len(given) == 5 and sum(given) <= 0.5 * 1.5  # one shared deadline, not 0.5 s per thread

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import urllib3
 
 from runtime.executors import ExecutionResult, validate_arguments
 from runtime.http_executor import HttpExecution
@@ -90,6 +91,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b'{"x": "' + b"a" * int(query["n"][0]) + b'"}')
         elif path == "/status":
             self._send(int(query["code"][0]), b"no", "text/plain")
+        elif path == "/retry-later":  # the client waits a second, its connection back in the pool
+            self.send_response(503)
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             self._send(200, b"{}")
 
@@ -308,3 +314,59 @@ def test_a_request_abort_stops_a_request_at_any_point(server: Server, pool: Http
     with pytest.raises(RequestAborted):
         pool.request("GET", server.base + "/json", abort=abort)
     assert pool.figures()["in_use"] == 0
+
+
+def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+
+    def body() -> None:
+        try:
+            out.append(fn())
+        except BaseException as e:  # noqa: BLE001 - what it raised is what the test checks
+            out.append(e)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_an_abort_leaves_alone_a_connection_its_request_gave_back(server: Server) -> None:
+    # A waits to retry a 503 (its connection back in the pool); B takes that connection; A is
+    # cancelled: B's request must go on.
+    pools = ConnectionPools()
+    pool = pools.init_http_pool(maxsize=1, retries=1, backoff_factor=0)
+    try:
+        abort = RequestAbort()
+        a, a_out = _in_thread(lambda: pool.request("GET", server.base + "/retry-later", abort=abort,
+                                                   preload_content=True))
+        b, b_out = _in_thread(lambda: pool.request("POST", server.base + "/slow", body=b"x", preload_content=True))
+        assert server.arrived.wait(5)  # B's request is on the wire, on the connection A gave back
+        abort.abort()
+        server.release.set()
+        b.join(10)
+        a.join(10)
+        assert not isinstance(b_out[0], BaseException), f"B failed because A was cancelled: {b_out[0]!r}"
+        assert b_out[0].status == 200
+    finally:
+        pools.close()
+
+
+def test_an_abort_while_the_connection_opens_keeps_the_request_from_being_sent(
+    server: Server, pool: HttpPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connecting, proceed = threading.Event(), threading.Event()
+    original = urllib3.connection.HTTPConnection._new_conn
+
+    def slow_new_conn(self: Any) -> Any:  # a slow DNS lookup or TCP connect, on cue
+        connecting.set()
+        proceed.wait(5)
+        return original(self)
+
+    monkeypatch.setattr(urllib3.connection.HTTPConnection, "_new_conn", slow_new_conn)
+    abort = RequestAbort()
+    thread, out = _in_thread(lambda: pool.request("POST", server.base + "/json", body=b"x", abort=abort))
+    assert connecting.wait(5)
+    abort.abort()  # before anything was sent
+    proceed.set()
+    thread.join(10)
+    assert isinstance(out[0], BaseException) and server.seen == []

@@ -1646,3 +1646,38 @@ def test_stop_releases_a_callback_waiting_for_a_job_before_it_joins_the_callback
     rt.stop()
     assert outcome and isinstance(outcome[0], RuntimeStopped)  # released within the stop, not after it
     assert rt.callbacks.thread_count() == 0
+
+
+def test_stop_still_gives_a_finished_jobs_status_to_its_waiter(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # The job ended before the stop, but its waiter is queued behind its own slow progress
+    # callback: the stop lets it through rather than tell the waiter the runtime stopped.
+    rt = start_runtime(registry, **quiet())
+    hold, entered = threading.Event(), threading.Event()
+    out: list[Any] = []
+
+    def slow_progress(job_id: str, fraction: float, message: str) -> None:
+        entered.set()
+        hold.wait(10)
+
+    def wait(job: str) -> None:
+        try:
+            out.append(rt.wait_job(job, timeout=20))
+        except BaseException as e:  # noqa: BLE001 - what it raised is what the test checks
+            out.append(e)
+
+    job = rt.submit("report", {"token": "x"}, callback=slow_progress)
+    assert entered.wait(5)
+    wait_until(lambda: status_of(rt, job) == "succeeded", message="the job did not finish")
+    waiting = threading.Thread(target=wait, args=(job,))
+    waiting.start()
+    wait_until(lambda: len(rt._scheduler_memory.waiters.get(job, ())) == 0 and rt._blocked,
+               message="the wait is not registered")
+    stopping = threading.Thread(target=rt.stop)
+    stopping.start()
+    wait_until(lambda: rt.callbacks._closed, message="the stop did not reach the callbacks")
+    hold.set()
+    stopping.join(20)
+    waiting.join(20)
+    assert isinstance(out[0], dict) and out[0]["status"] == "succeeded", out[0]

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from runtime.errors import ConfigError
@@ -104,19 +105,29 @@ class RequestAbort:
         self._aborted = False
         self._conn: Any = None
 
+    @property
+    def aborted(self) -> bool:
+        return self._aborted
+
     def abort(self) -> None:
         """From any thread; idempotent."""
         with self._lock:
             self._aborted = True
             conn = self._conn
         if conn is not None:
-            _shut(conn)
+            _shut(conn)  # no socket yet (connecting): the connection checks once it has one
 
     def attach(self, conn: Any) -> bool:
         """The request took ``conn`` from its pool; ``False``: it was aborted already."""
         with self._lock:
             self._conn = conn
             return not self._aborted
+
+    def detach(self, conn: Any) -> None:
+        """``conn`` went back to its pool (another request may take it): an abort leaves it be."""
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
 
 
 def _shut(conn: Any) -> None:
@@ -128,6 +139,19 @@ def _shut(conn: Any) -> None:
 
 #: The ``RequestAbort`` of the request this thread is making (urllib3 is synchronous).
 _in_flight = threading.local()
+
+
+class _AbortableConnection:
+    """A connection that, once connected, shuts itself if its request was aborted while it
+    was connecting (its socket did not exist yet when the abort came)."""
+
+    runtime_abort: RequestAbort | None = None
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        abort = self.runtime_abort
+        if abort is not None and abort.aborted:
+            _shut(self)  # the request is not sent: its write fails, and no retry gets a connection
 
 
 class _CountedPoolMixin:
@@ -144,11 +168,22 @@ class _CountedPoolMixin:
     def _get_conn(self, timeout: float | None = None) -> Any:
         conn = super()._get_conn(timeout)  # type: ignore[misc]
         abort: RequestAbort | None = getattr(_in_flight, "abort", None)
-        if abort is not None and not abort.attach(conn):
-            # urllib3 puts an empty slot back for a request that fails here: the slot is not lost.
-            conn.close()
-            raise RequestAborted("the request was aborted")
+        if abort is not None:
+            if not abort.attach(conn):
+                # urllib3 puts an empty slot back for a request that fails here: the slot is not lost.
+                conn.close()
+                raise RequestAborted("the request was aborted")
+            conn.runtime_abort = abort  # detached when the connection goes back (_put_conn)
         return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        # Back in the pool (a retry's wait, a redirect, a released response): another
+        # request may take it now, so the abort of the one that had it must leave it be.
+        abort: RequestAbort | None = getattr(conn, "runtime_abort", None)
+        if abort is not None:
+            conn.runtime_abort = None
+            abort.detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
 
 
 def _pool_classes(counts: _HttpCounts) -> dict[str, type[HTTPConnectionPool]]:
@@ -162,8 +197,10 @@ def _pool_classes(counts: _HttpCounts) -> dict[str, type[HTTPConnectionPool]]:
     # urllib3's messages name the pool's class ("HTTPConnectionPool(host=..., port=...):
     # Max retries exceeded"): the subclasses keep their bases' names so errors read as usual.
     return {
-        "http": type("HTTPConnectionPool", (_CountedPoolMixin, HTTPConnectionPool), attributes),
-        "https": type("HTTPSConnectionPool", (_CountedPoolMixin, HTTPSConnectionPool), attributes),
+        "http": type("HTTPConnectionPool", (_CountedPoolMixin, HTTPConnectionPool), {
+            **attributes, "ConnectionCls": type("HTTPConnection", (_AbortableConnection, HTTPConnection), {})}),
+        "https": type("HTTPSConnectionPool", (_CountedPoolMixin, HTTPSConnectionPool), {
+            **attributes, "ConnectionCls": type("HTTPSConnection", (_AbortableConnection, HTTPSConnection), {})}),
     }
 
 
@@ -343,7 +380,7 @@ class HttpPool:
                               | {name.lower() for name in merged})
             if deadline is not None and isinstance(retry, _Retry):
                 retry = retry.new(deadline=deadline)
-        _in_flight.abort = abort
+        outer, _in_flight.abort = getattr(_in_flight, "abort", None), abort
         try:
             response = self._manager.request(
                 method,
@@ -359,7 +396,7 @@ class HttpPool:
             self._counts.record_request(error=True)
             raise
         finally:
-            _in_flight.abort = None
+            _in_flight.abort = outer
         self._counts.record_request(retries=_retries_taken(response))
         return response
 
