@@ -225,7 +225,7 @@ class Runtime:
         waiting = self._scheduler_memory.waiters
         with self._blocked_lock:
             chosen = [token for token, wait in self._blocked.items()
-                      if not unfinished_only or (wait.job_id is not None and wait.waiter in waiting.get(wait.job_id, ()))]
+                      if not unfinished_only or wait.job_id is None or wait.waiter in waiting.get(wait.job_id, ())]
             releases = [self._blocked.pop(token).release for token in chosen]
         for release in releases:
             try:
@@ -546,8 +546,13 @@ class Runtime:
         """
         waiter = _Waiter()
         job_id = self.submit(script_id, arguments, on_done=waiter, **options)
-        with self.waiting(waiter.release, job_id, waiter), self._forgotten_unless_done(job_id, waiter):
-            return waiter.result(job_id, timeout)
+        try:
+            with self.waiting(waiter.release, job_id, waiter), self._forgotten_unless_done(job_id, waiter):
+                return waiter.result(job_id, timeout)
+        except RuntimeStopped:
+            if waiter.status is not None:  # it finished before the stop
+                return waiter.status
+            raise
 
     @contextlib.contextmanager
     def _forgotten_unless_done(self, job_id: str, waiter: Callable[[dict[str, Any]], Any]) -> Iterator[None]:
@@ -573,10 +578,10 @@ class Runtime:
         Args:
             release: ends the wait.
             job_id, waiter: the job and the completion callback the wait is for (registered
-                with ``when_done``): a wait whose job has not finished is released before
-                the callbacks still queued run, so that a callback waiting for such a job
-                cannot hold the stop up; the others are released after them, so that a
-                finished job's status still reaches its waiter.
+                with ``when_done``): a wait whose job has finished is released only after the
+                callbacks still queued have run, so that its status still reaches it; the
+                others (and waits that name no job) are released before, so that a callback
+                waiting that way cannot hold the stop up.
 
         Raises:
             RuntimeStopped: the runtime is stopped already.
@@ -698,6 +703,11 @@ class _Waiter:
     def release(self) -> None:
         """The runtime stopped: the job will not finish in this process."""
         self._done.set()
+
+    @property
+    def status(self) -> dict[str, Any] | None:
+        """The final status, once the job has finished."""
+        return self._status or None
 
     def result(self, job_id: str, timeout: float | None) -> dict[str, Any]:
         if not self._done.wait(timeout):

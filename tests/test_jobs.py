@@ -1681,3 +1681,36 @@ def test_stop_still_gives_a_finished_jobs_status_to_its_waiter(
     stopping.join(20)
     waiting.join(20)
     assert isinstance(out[0], dict) and out[0]["status"] == "succeeded", out[0]
+
+
+def test_run_returns_the_status_of_a_job_that_finished_before_a_stop(
+    start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rt = start_runtime(registry, **quiet())
+    real_submit = rt.submit
+
+    def submit_then_finish_and_stop(*args: Any, **kwargs: Any) -> str:
+        job = real_submit(*args, **kwargs)
+        wait_until(lambda: status_of(rt, job) == "succeeded", message="the job did not finish")
+        rt.stop()  # before run() waits
+        return job
+
+    monkeypatch.setattr(rt, "submit", submit_then_finish_and_stop)
+    assert rt.run("report", {"token": "x"}, timeout=10)["status"] == "succeeded"
+
+
+def test_a_callback_in_a_wait_that_names_no_job_is_released_before_the_callbacks_close(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, **quiet())
+    entered, released = threading.Event(), threading.Event()
+
+    def on_done(status: dict[str, Any]) -> None:
+        with rt.waiting(released.set):
+            entered.set()
+            released.wait(30)
+
+    rt.submit("report", {"token": "x"}, on_done=on_done)
+    assert entered.wait(10)
+    rt.stop()
+    assert released.is_set() and rt.callbacks.thread_count() == 0  # released first, then joined

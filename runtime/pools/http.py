@@ -111,11 +111,10 @@ class RequestAbort:
 
     def abort(self) -> None:
         """From any thread; idempotent."""
-        with self._lock:
+        with self._lock:  # shut under the lock: a connection given back meanwhile (detach) is not
             self._aborted = True
-            conn = self._conn
-        if conn is not None:
-            _shut(conn)  # no socket yet (connecting): the connection checks once it has one
+            if self._conn is not None:
+                _shut(self._conn)  # no socket yet (connecting): the connection checks once it has one
 
     def attach(self, conn: Any) -> bool:
         """The request took ``conn`` from its pool; ``False``: it was aborted already."""
