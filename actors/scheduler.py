@@ -12,8 +12,7 @@ from typing import Any
 
 from runtime.callbacks import CallbackRunner
 from runtime.clock import SystemClock, TimerHandle
-from runtime.errors import ActorRuntimeError, ScriptNotFound
-from runtime.executors import validate_arguments
+from runtime.errors import ActorRuntimeError
 from runtime.messages import (
     AcceptJobs,
     ChildDown,
@@ -102,8 +101,7 @@ class SchedulerActor(SupervisedActor):
             before the job starts instead.
         journal: the submit journal (``runtime/submit_journal.py``) this instance takes
             ``Submitted`` jobs from; ``None`` with a custom store.
-        check: looks a submitted job's script up and validates its arguments (the
-            runtime's, through its registry cache); by default the registry file is read.
+        check: looks a job submitted through the proxy up and validates it (the runtime's).
     """
 
     def __init__(
@@ -115,10 +113,11 @@ class SchedulerActor(SupervisedActor):
         memory: SchedulerMemory | None = None,
         marks: Path | None = None,
         journal: SubmitJournal | None = None,
-        check: JobCheck | None = None,
+        *,
+        check: JobCheck,
     ) -> None:
         super().__init__(context)
-        self._check = check or _check_job(Path(context.settings.registry_path))
+        self._check = check
         self._marks = marks
         self._journal = journal
         self._deliver: Callable[[JobRecord, Script], None] | None = None  # what the journal tells
@@ -294,8 +293,7 @@ class SchedulerActor(SupervisedActor):
         """
         level, limit = priority_level(priority), check_max_retries(max_retries)
         check_callbacks(callback, on_done)
-        (job_id,) = self._accept(checked_jobs(self._check, [(script_id, arguments)]), level, limit, on_done)
-        self._keep_callbacks(job_id, callback, None)
+        (job_id,) = self._accept(checked_jobs(self._check, [(script_id, arguments)]), level, limit, callback, on_done)
         return job_id
 
     def submit_many(self, jobs: list[tuple[str, dict[str, Any] | None]], priority: Any = "normal",
@@ -304,10 +302,10 @@ class SchedulerActor(SupervisedActor):
         their ids, in order."""
         level = priority_level(priority)
         check_callbacks(None, on_done)
-        return self._accept(checked_jobs(self._check, list(jobs)), level, None, on_done)
+        return self._accept(checked_jobs(self._check, list(jobs)), level, None, None, on_done)
 
     def _accept(self, jobs: list[tuple[Script, dict[str, Any]]], priority: int, max_retries: int | None,
-                on_done: Callable[[dict[str, Any]], Any] | None) -> list[str]:
+                callback: Callable[..., Any] | None, on_done: Callable[[dict[str, Any]], Any] | None) -> list[str]:
         """Queue the jobs, start what can start, and commit both before answering."""
         records = []
         for script, arguments in jobs:
@@ -316,12 +314,13 @@ class SchedulerActor(SupervisedActor):
         self._core().accept(*records)
         ids = [record.id for record in records]
         for job_id in ids:
-            self._keep_callbacks(job_id, None, on_done)
+            self._keep_callbacks(job_id, callback, on_done)
         try:
             self._dispatch(commit=ids)
         except ActorRuntimeError:  # not accepted: nothing of theirs is kept
             for job_id in ids:
                 self._waiters.pop(job_id, None)
+                self._progress_callbacks.pop(job_id, None)
             raise
         return ids
 
@@ -505,10 +504,8 @@ class SchedulerActor(SupervisedActor):
     def on_receive(self, message: Any) -> Any:
         core = self._core()
         if isinstance(message, AcceptJobs):  # an ask: the answer is the ids
-            ids = self._accept(list(message.jobs), message.priority, message.max_retries, message.on_done)
-            for accepted in ids:
-                self._keep_callbacks(accepted, message.callback, None)
-            return ids
+            return self._accept(list(message.jobs), message.priority, message.max_retries, message.callback,
+                                message.on_done)
         if isinstance(message, Submitted):
             self._accept_submitted(message.record, message.script)
         elif isinstance(message, JobFinished):
@@ -777,17 +774,6 @@ class SchedulerActor(SupervisedActor):
             # may change what it was given.
             self._unflushed.extend((job_id, fn, status if i == 0 else _copy_json(status))
                                    for i, fn in enumerate(waiters))
-
-
-def _check_job(registry_path: Path) -> JobCheck:
-    """A job check that reads the registry file (for a scheduler started without one)."""
-    def check(script_id: str, arguments: Any) -> tuple[Script, dict[str, Any]]:
-        script = load_registry(registry_path).get(script_id) if isinstance(script_id, str) else None
-        if script is None:
-            raise ScriptNotFound(str(script_id), str(registry_path))
-        return script, validate_arguments(script, arguments)
-
-    return check
 
 
 def _tell(ref: Any, message: Any) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from runtime.command_executor import CommandExecution
 from runtime.errors import StoreError
-from runtime.executors import ExecutionResult, run_python
+from runtime.executors import NOT_RETRYABLE, ExecutionResult, run_python
 from runtime.http_executor import HttpExecution
 from runtime.messages import JobFinished, JobProgress, PoolFigures, ReportReady, RunJob, WorkerReady
 from runtime.pools import ConnectionPools
@@ -114,7 +114,7 @@ class WorkerActor(SupervisedActor):
             execution = self._execution(script, job.arguments, progress)
         except ImportError as e:  # only a missing optional extra gets here
             error = f"script {script.id!r}: {e.name or e} is not installed (pip install 'actor-runtime[postgres]')"
-            return ExecutionResult("failed", error=error, extra={"retryable": False})
+            return ExecutionResult("failed", error=error, extra=NOT_RETRYABLE)
         job.cancel.attach(execution.cancel)  # a cancel that came first stops it before it starts
         # Its start may not be in the store yet (a job from the submit journal starts before
         # the group commit that inserts it): the mark makes a kill of the process count it.

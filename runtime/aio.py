@@ -48,13 +48,9 @@ async def wait_job(runtime: Runtime, job_id: str) -> dict[str, Any]:
             pass
 
     finished.runs_inline = True  # type: ignore[attr-defined]  # it never blocks: no hop through the callback thread
-    with runtime.waiting(stopped, job_id, finished):
+    with runtime.waiting(stopped, job_id, finished):  # given up (a cancel, a timeout): ``finished`` is dropped
         await run_blocking(runtime.when_done, job_id, finished)
-        try:
-            return await done
-        except asyncio.CancelledError:  # given up (a cancel, a wait_for's timeout): not kept until the job ends
-            runtime.forget_waiter(job_id, finished)
-            raise
+        return await done
 
 
 def _resolve(future: asyncio.Future[dict[str, Any]], outcome: dict[str, Any] | BaseException) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from runtime.child_exit import EXIT_POLL, has_exited, open_pidfd
 from runtime.command_output import OutputCapture, ProgressFilter
-from runtime.executors import DEFAULT_OUTPUT_CAP, ExecutionResult, ProgressCallback, report_progress
+from runtime.executors import DEFAULT_OUTPUT_CAP, NOT_RETRYABLE, ExecutionResult, ProgressCallback, report_progress
 from runtime.registry import Script
 
 __all__ = ["CommandExecution"]
@@ -302,7 +302,7 @@ class CommandExecution:
         out, err = self._stdout, self._stderr
         return ExecutionResult(status, code, out.text(), err.text(), duration, error=error,
                                stdout_truncated=out.truncated, stderr_truncated=err.truncated,
-                               extra={} if retryable else {"retryable": False})
+                               extra={} if retryable else NOT_RETRYABLE)
 
     @staticmethod
     def _signal(pid: int, sig: signal.Signals, *, child_too: bool = False) -> None:

@@ -25,13 +25,17 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from runtime.errors import InvalidArguments
 from runtime.registry import Script
 
-__all__ = ["DEFAULT_OUTPUT_CAP", "STATUSES", "ExecutionResult", "ProgressCallback", "load_callable",
+__all__ = ["DEFAULT_OUTPUT_CAP", "NOT_RETRYABLE", "STATUSES", "ExecutionResult", "ProgressCallback", "load_callable",
            "report_progress", "require_kind", "run_python", "validate_arguments"]
+
+#: The ``extra`` of a result no retry can change (the scheduler fails its job at once).
+NOT_RETRYABLE: Mapping[str, Any] = MappingProxyType({"retryable": False})
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +234,7 @@ def run_python(script: Script, arguments: Mapping[str, Any], on_progress: Progre
         duration = clock() - started
         log.info("script %r: %s in %.2fs", script.id, status, duration)
         return ExecutionResult(status, duration=duration, value=value, error=error,
-                               extra={} if retryable else {"retryable": False})
+                               extra={} if retryable else NOT_RETRYABLE)
 
     try:
         function, wants_progress = load_callable(script.options.get("callable"))

@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from runtime.child_exit import EXIT_POLL, exited_within, open_pidfd
-from runtime.executors import ExecutionResult, ProgressCallback, report_progress, require_kind
+from runtime.executors import NOT_RETRYABLE, ExecutionResult, ProgressCallback, report_progress, require_kind
 from runtime.python_host import READY
 from runtime.registry import Script
 
@@ -250,7 +250,7 @@ class PythonProcess:
         duration = self._clock() - started
         log.info("script %r: %s in %.2fs", script.id, outcome.status, duration)
         return ExecutionResult(outcome.status, outcome.exit_code, duration=duration, value=outcome.value,
-                               error=outcome.error, extra={} if outcome.retryable else {"retryable": False})
+                               error=outcome.error, extra={} if outcome.retryable else NOT_RETRYABLE)
 
     def _attempt_run(self, script: Script, arguments: Mapping[str, Any], attempt: _Attempt,
                      on_progress: ProgressCallback | None) -> _Outcome:

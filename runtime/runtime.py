@@ -190,7 +190,7 @@ class Runtime:
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
                 context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory,
-                self._marks, self._journal, self._scheduler_check)),
+                self._marks, self._journal, check=self._scheduler_check)),
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
@@ -373,9 +373,13 @@ class Runtime:
         Raises:
             ScriptNotFound: no such script.
         """
+        return self._lookup(script_id, lambda: self.cache.get_script(script_id).get(timeout=self.settings.ask_timeout))
+
+    def _lookup(self, script_id: str, missed: Callable[[], Script]) -> Script:
+        """The script from the published view (a hit counted), else ``missed()``."""
         script = self.cache_view.entries.get(script_id)
-        if script is None:  # the CacheActor counts its own lookups
-            return self.cache.get_script(script_id).get(timeout=self.settings.ask_timeout)  # type: ignore[no-any-return]
+        if script is None:
+            return missed()
         self._view_hits.hit(script_id)
         return script
 
@@ -487,17 +491,13 @@ class Runtime:
         """The check of the scheduler proxy's submits, made on the scheduler's thread: its
         script comes from the published view, else from the registry file, never from an
         ask (a handler does not ask another actor)."""
-        def lookup(script_id: str) -> Script:
-            script = self.cache_view.entries.get(script_id)
-            if script is not None:
-                self._view_hits.hit(script_id)
-                return script
+        def from_file(script_id: str) -> Script:
             script = self._registry_file.get(script_id)  # parsed once per version of the file
             if script is None:
                 raise ScriptNotFound(script_id, str(self.settings.registry_path))
             return script
 
-        return self._checked_job(script_id, arguments, lookup)
+        return self._checked_job(script_id, arguments, lambda sid: self._lookup(sid, lambda: from_file(sid)))
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: ``status``, ``attempts``, ``progress``, ``result``, ``error``...
@@ -532,7 +532,7 @@ class Runtime:
             RuntimeStopped: the runtime stopped first (the job stays in the store).
         """
         waiter = _Waiter()
-        with self.waiting(waiter.release, job_id, waiter), self._forgotten_unless_done(job_id, waiter):
+        with self.waiting(waiter.release, job_id, waiter):
             self.when_done(job_id, waiter)
             return waiter.result(job_id, timeout)
 
@@ -547,21 +547,11 @@ class Runtime:
         waiter = _Waiter()
         job_id = self.submit(script_id, arguments, on_done=waiter, **options)
         try:
-            with self.waiting(waiter.release, job_id, waiter), self._forgotten_unless_done(job_id, waiter):
+            with self.waiting(waiter.release, job_id, waiter):
                 return waiter.result(job_id, timeout)
         except RuntimeStopped:
             if waiter.status is not None:  # it finished before the stop
                 return waiter.status
-            raise
-
-    @contextlib.contextmanager
-    def _forgotten_unless_done(self, job_id: str, waiter: Callable[[dict[str, Any]], Any]) -> Iterator[None]:
-        """If the block does not end normally (a timeout, a cancel), the scheduler drops
-        ``waiter``: a wait given up must not stay registered until the job ends."""
-        try:
-            yield
-        except BaseException:
-            self.forget_waiter(job_id, waiter)
             raise
 
     def forget_waiter(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> None:
@@ -581,7 +571,9 @@ class Runtime:
                 with ``when_done``): a wait whose job has finished is released only after the
                 callbacks still queued have run, so that its status still reaches it; the
                 others (and waits that name no job) are released before, so that a callback
-                waiting that way cannot hold the stop up.
+                waiting that way cannot hold the stop up. A wait given up (a timeout, a
+                cancel: the block raises) drops ``waiter`` rather than keep it registered
+                until the job ends.
 
         Raises:
             RuntimeStopped: the runtime is stopped already.
@@ -592,6 +584,10 @@ class Runtime:
             self._blocked[token] = _Wait(release, job_id, waiter)
         try:
             yield
+        except BaseException:
+            if job_id is not None and waiter is not None:
+                self.forget_waiter(job_id, waiter)
+            raise
         finally:
             with self._blocked_lock:
                 self._blocked.pop(token, None)  # gone already if stop released it

@@ -279,8 +279,9 @@ class SchedulerCore:
         # by hand can fail these checks: failing it keeps the queue, and every start, working.
         if type(record.priority) is not int or not 0 <= record.priority <= 2:  # noqa: E721 - not a bool either
             return self._close(record, JobState.FAILED, None, f"invalid priority {record.priority!r} in the store").state
-        if record.max_retries is not None and (type(record.max_retries) is not int  # noqa: E721
-                                               or record.max_retries < 0):
+        try:
+            check_max_retries(record.max_retries)
+        except InvalidArguments:
             error = f"invalid max_retries {record.max_retries!r} in the store"
             return self._close(record, JobState.FAILED, None, error).state
         limit = record.max_retries if record.max_retries is not None else self.default_max_retries
