@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 from bench import floor, noop  # noqa: E402
 from bench.common import emit, summary  # noqa: E402
 from runtime import Runtime  # noqa: E402
+from runtime.command_executor import CommandExecution  # noqa: E402
+from runtime.registry import load_registry  # noqa: E402
 
 clock = time.perf_counter
 
@@ -260,10 +262,12 @@ def _measured(run: Callable[[], float], n: int, walls: list[float], cpu: dict[st
 
 
 def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
-    names = ["runtime", "thread_pool_subprocess_run", "thread_pool_popen_pipes_group", "floor_bare_actors"]
+    names = ["runtime", "thread_pool_subprocess_run", "thread_pool_popen_pipes_group",
+             "thread_pool_command_execution", "floor_bare_actors"]
     walls: dict[str, list[float]] = {name: [] for name in names}
     cpu: dict[str, dict[str, list[float]]] = {name: {"process": [], "children": []} for name in names}
     rt = _start(registry, 2)
+    true = load_registry(registry)["true"]
 
     def runtime_round() -> float:
         done = Countdown(n, _succeeded)
@@ -279,6 +283,8 @@ def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
         "thread_pool_subprocess_run": lambda: _pool_processes(n, lambda: subprocess.run(["/bin/true"], check=True)),
         "runtime": runtime_round,
         "thread_pool_popen_pipes_group": lambda: _pool_processes(n, _popen_like_runtime),
+        # The runtime's own attempt code with no actor, scheduler or store around it.
+        "thread_pool_command_execution": lambda: _pool_processes(n, lambda: CommandExecution(true, {}).run()),
         "floor_bare_actors": lambda: floor.processes(n),
     }
     try:
@@ -298,6 +304,8 @@ def processes(registry: Path, n: int, rounds: int) -> dict[str, Any]:
         "wall_ratio_runtime_over_subprocess_run": median["runtime"] / median["thread_pool_subprocess_run"],
         "wall_ratio_runtime_over_popen_pipes_group":
             median["runtime"] / median["thread_pool_popen_pipes_group"],
+        "wall_ratio_command_execution_over_subprocess_run":
+            median["thread_pool_command_execution"] / median["thread_pool_subprocess_run"],
         # The design's own floor: bare pykka actors running subprocess.run (see bench/floor.py).
         "wall_ratio_floor_over_subprocess_run": median["floor_bare_actors"] / median["thread_pool_subprocess_run"],
         "cpu_us_per_job": {name: {part: statistics.median(values) for part, values in parts.items()}
