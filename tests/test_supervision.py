@@ -68,6 +68,8 @@ def test_base_exception_in_a_handler_restarts_one_actor_not_all(
     wait_until(lambda: rt.directory.get("watcher") is None)
     assert rt.ref("stats").actor_urn == stats and rt.ref("cache").actor_urn == cache
     assert rt.ref("cache").is_alive()
+    # The supervisor takes the child out of routing before it schedules the restart.
+    wait_until(lambda: [d for d in clock.pending() if d < 100], message="watcher restart not scheduled")
     clock.advance(4.0)
     wait_until(lambda: replaced(rt, "watcher", old))
     assert "SystemExit" in rt.stats_snapshot()["actors"]["watcher"]["last_failure"]
