@@ -53,12 +53,14 @@ class _Channel:
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._lock = threading.Lock()
-        self._job = 0  # number of the job whose progress is accepted; 0: none
+        self._job = 0  # number of the latest job (only ever goes up: no two jobs share one)
+        self._open = False  # whether that job's progress is still accepted
 
     def begin(self) -> Callable[[float, str], None]:
         """Open the next job; returns the ``(fraction, message)`` sink for its progress."""
         with self._lock:
             self._job += 1
+            self._open = True
             job = self._job
         return lambda fraction, message: self._send(_encode({"progress": [fraction, message]}), job)
 
@@ -68,10 +70,10 @@ class _Channel:
 
     def _send(self, line: bytes, job: int, closing: bool = False) -> None:
         with self._lock:
-            if job != self._job:
-                return
+            if job != self._job or not self._open:
+                return  # an earlier job's, or this one's after its result: read as another's
             if closing:
-                self._job = -job  # matches no job: progress after the result is dropped
+                self._open = False
             self._stream.write(line)
             self._stream.flush()
 

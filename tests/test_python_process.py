@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import select
@@ -21,6 +22,7 @@ import pytest
 
 from runtime import child_exit
 from runtime.executors import ExecutionResult, run_python
+from runtime.python_host import _Channel
 from runtime.python_process import PythonProcess
 from runtime.registry import Script
 from runtime.testing import process_gone
@@ -189,6 +191,24 @@ def test_progress_from_a_finished_job_is_not_reported_as_the_next_ones(shared: P
     assert result.value is True  # the late report was made while the second job ran...
     assert first == [] and second == []  # ...and reached no one
     assert shared.run(_script("add"), {"a": 5}).value == {"sum": 5}
+
+
+def test_the_hosts_channel_drops_progress_of_every_finished_job() -> None:
+    # In the host itself: a job's thread may report after its result, or while a later job runs.
+    stream = io.BytesIO()
+    channel = _Channel(stream)
+    sinks = []
+    for n in range(4):
+        sinks.append(channel.begin())
+        sinks[-1](0.5, f"job {n}")
+        channel.finish(f"result {n}\n".encode())
+        for late in sinks:  # between jobs: every job so far has finished
+            late(0.9, "late")
+    sinks.append(channel.begin())
+    for late in sinks[:-1]:  # while the next job runs
+        late(0.9, "late")
+    assert b"late" not in stream.getvalue()
+    assert stream.getvalue().count(b"result") == 4 and stream.getvalue().count(b"job ") == 4
 
 
 # -- one host, reused; killed when a run must end -----------------------------------------
