@@ -174,6 +174,8 @@ class CommandExecution:
             final = e.errno in _CANNOT_RUN
             return self._result("failed", started, None, f"cannot start {program!r}: {e.strerror or e}",
                                 retryable=not final)
+        except ValueError as e:  # an argv no program can be given (a NUL byte): the same at every try
+            return self._result("failed", started, None, f"cannot start {program!r}: {e}", retryable=False)
         for fd in (stdin_read, stdout_write, stderr_write):  # the child's ends: only it may hold them now
             fds.close(fd)
         try:

@@ -89,6 +89,8 @@ def validate_arguments(script: Script, arguments: Mapping[str, Any] | None) -> d
             result[name] = json.loads(json.dumps(value, allow_nan=False))
         except (TypeError, ValueError) as e:
             raise invalid(f"argument {name!r} is not JSON-serialisable: {e}") from None
+        except RecursionError:
+            raise invalid(f"argument {name!r} is nested too deeply") from None
     return result
 
 

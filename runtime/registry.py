@@ -217,7 +217,7 @@ def _parse_arguments(check: _Checker) -> Mapping[str, ArgumentSpec]:
         if not isinstance(spec, dict):
             raise check.fail(field_name, f"must be an object, got {_json_type(spec)}")
         kind = spec.get("type")
-        if kind not in ARGUMENT_TYPES:
+        if not isinstance(kind, str) or kind not in ARGUMENT_TYPES:  # e.g. ["string", "null"]
             raise check.fail(
                 f"{field_name}.type",
                 f"unknown argument type {kind!r}; use one of {', '.join(ARGUMENT_TYPES)}",
@@ -231,6 +231,10 @@ def _parse_arguments(check: _Checker) -> Mapping[str, ArgumentSpec]:
         arg = ArgumentSpec(kind, required, spec.get("default"), description)
         if arg.default is not None and not arg.accepts(arg.default):
             raise check.fail(f"{field_name}.default", f"must be of type {kind}, got {_json_type(arg.default)}")
+        try:  # what the script is given must be JSON: no NaN or Infinity, even nested
+            json.dumps(arg.default, allow_nan=False)
+        except ValueError:
+            raise check.fail(f"{field_name}.default", "must be a JSON value (NaN and Infinity are not)") from None
         specs[name] = arg
     return MappingProxyType(specs)
 
@@ -239,6 +243,8 @@ def _parse_command(check: _Checker, folder: Path) -> tuple[str, ...]:
     command = check.entry.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
         raise check.fail("command", "must be a non-empty array of non-empty strings (an argv list)")
+    if any("\0" in a for a in command):  # no program can be given one: each start would fail
+        raise check.fail("command", "must not contain a NUL character")
     program = command[0]
     # A program named by a relative path is relative to the registry, not to
     # wherever the runtime happens to be started; a bare name is looked up on PATH.
@@ -425,12 +431,21 @@ def parse_registry(path: Path, data: bytes | str) -> Registry:
         raise RegistryError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
     except UnicodeDecodeError as e:
         raise RegistryError(f"{path}: not UTF-8 text: {e}") from e
+    except ValueError as e:  # an integer of thousands of digits
+        raise RegistryError(f"{path}: invalid JSON: {e}") from e
+    except RecursionError as e:
+        raise RegistryError(f"{path}: invalid JSON: nested too deeply") from e
     if not isinstance(document, dict) or not isinstance(document.get("scripts"), list):
         raise RegistryError(f'{path}: must be an object with a "scripts" array')
     scripts: dict[str, Script] = {}
     folder = path.parent.resolve()
     for position, entry in enumerate(document["scripts"]):
-        script = _parse_script(path, folder, position, entry)
+        try:
+            script = _parse_script(path, folder, position, entry)
+        except RegistryError:
+            raise
+        except (TypeError, ValueError, RecursionError) as e:  # a shape no check foresaw: still this entry's fault
+            raise RegistryError(f"{path}: script #{position + 1}: invalid entry: {e!r}") from e
         if script.id in scripts:
             raise RegistryError(f"{path}: script #{position + 1}, field 'id': duplicate id {script.id!r}")
         scripts[script.id] = script

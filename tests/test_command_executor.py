@@ -207,6 +207,13 @@ def test_missing_program_fails_without_raising(tmp_path: Path, program: str) -> 
     assert result.to_dict()["retryable"] is False  # a retry would not find it either
 
 
+def test_an_argv_no_program_can_take_fails_for_good_without_raising(tmp_path: Path) -> None:
+    # The registry refuses a NUL in a command; a Script built in code can still carry one.
+    result = CommandExecution(Script(id="cmd", command=("true", "a\0b"), folder=str(tmp_path)), {}).run()
+    assert result.status == "failed" and "null byte" in (result.error or "")
+    assert result.to_dict()["retryable"] is False
+
+
 def test_a_program_that_cannot_start_for_now_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def out_of_processes(*args: Any, **kwargs: Any) -> Any:
         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")

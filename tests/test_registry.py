@@ -58,6 +58,16 @@ def test_valid_entry_parsed_with_defaults_and_resolved_program() -> None:
         ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": "int"}}}]}', "field 'arguments.n.type': unknown argument type 'int'"),
         ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": "integer", "default": "3"}}}]}', "field 'arguments.n.default': must be of type integer"),
         ('{"scripts": [{"id": "a", "kind": "ftp"}]}', "field 'kind': unknown kind 'ftp'"),
+        # Shapes no field check foresaw: each a RegistryError, never a crash of the reader.
+        ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": ["string", "null"]}}}]}',
+         "field 'arguments.n.type': unknown argument type ['string', 'null']"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": "number", "default": NaN}}}]}',
+         "field 'arguments.n.default': must be a JSON value"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "arguments": {"n": {"type": "array", "default": [Infinity]}}}]}',
+         "field 'arguments.n.default': must be a JSON value"),
+        ('{"scripts": [{"id": "a", "command": ["x", "a\\u0000b"]}]}', "field 'command': must not contain a NUL"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "timeout": ' + "9" * 5000 + '}]}', "invalid JSON: Exceeds the limit"),
+        ('{"scripts": [' + "[" * 100_000 + "]" * 100_000 + "]}", "invalid JSON: nested too deeply"),
     ],
 )
 def test_errors_name_file_script_and_field(tmp_path: Path, text: str, needle: str) -> None:
