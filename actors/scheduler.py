@@ -354,6 +354,8 @@ class SchedulerActor(SupervisedActor):
 
     def status(self, job_id: str) -> dict[str, Any] | None:
         """The job's status dict, or ``None`` for an unknown id."""
+        if not isinstance(job_id, str):
+            return None  # no job has it (and it may not even be hashable)
         core = self._core()
         record = core.jobs.get(job_id)
         if record is None:
@@ -364,6 +366,8 @@ class SchedulerActor(SupervisedActor):
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a queued, retrying or running job; ``False`` if unknown or finished."""
+        if not isinstance(job_id, str):
+            return False
         core = self._core()
         record = core.jobs.get(job_id)
         cancelled, handle = core.cancel(job_id)
@@ -545,7 +549,8 @@ class SchedulerActor(SupervisedActor):
             if core.retry_due(message.job_id):
                 self._dispatch()
         elif isinstance(message, ForgetWaiter):
-            waiters = self._waiters.get(message.job_id)
+            # A tell: whatever it carries must not raise here (that would be a crash).
+            waiters = self._waiters.get(message.job_id) if isinstance(message.job_id, str) else None
             if waiters and message.fn in waiters:
                 waiters.remove(message.fn)
                 if not waiters:
@@ -590,7 +595,7 @@ class SchedulerActor(SupervisedActor):
     def _notify(self, fn: Callable[[dict[str, Any]], Any], status: dict[str, Any], job_id: str) -> None:
         # The runtime's own waiters run here (no hop, no queue behind user code) unless
         # the job still has progress callbacks queued: they come after those.
-        self._callbacks.post(fn, status, job_id=job_id, inline=getattr(fn, "runs_inline", False))
+        self._callbacks.post(fn, status, job_id=job_id, inline=getattr(fn, "runs_inline", False) is True)
 
     def _worker_alive(self, worker: str) -> bool:
         ref = self._worker_refs.get(worker)

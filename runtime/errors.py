@@ -72,7 +72,9 @@ class JobNotFound(ActorRuntimeError, LookupError):
     """No job with the given id is known (in memory or in the store)."""
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(f"unknown job {job_id!r}")
+        # Not the value of a non-string "id" (a status dict passed by mistake): it may hold secrets.
+        super().__init__(f"unknown job {job_id!r}" if isinstance(job_id, str)
+                         else f"unknown job: a job id is a string, got {type(job_id).__name__}")
         self.job_id = job_id
 
     def __reduce__(self) -> tuple[type[JobNotFound], tuple[str]]:

@@ -505,13 +505,20 @@ class Runtime:
         Raises:
             JobNotFound: no such job.
         """
+        _check_job_id(job_id)
         status = self.scheduler.status(job_id).get(timeout=self.settings.ask_timeout)
         if status is None:
             raise JobNotFound(job_id)
         return dict(status)
 
     def cancel(self, job_id: str) -> bool:
-        """Cancel a queued or running job (its process group is killed)."""
+        """Cancel a queued or running job (its process group is killed); ``False`` if it
+        had finished already.
+
+        Raises:
+            JobNotFound: ``job_id`` is not a string.
+        """
+        _check_job_id(job_id)
         return bool(self.scheduler.cancel(job_id).get(timeout=self.settings.ask_timeout))
 
     def when_done(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> None:
@@ -520,6 +527,7 @@ class Runtime:
         Raises:
             JobNotFound: no such job.
         """
+        _check_job_id(job_id)
         if not self.scheduler.when_done(job_id, fn).get(timeout=self.settings.ask_timeout):
             raise JobNotFound(job_id)
 
@@ -531,6 +539,7 @@ class Runtime:
             TimeoutError: not finished within ``timeout`` seconds.
             RuntimeStopped: the runtime stopped first (the job stays in the store).
         """
+        _check_job_id(job_id)
         waiter = _Waiter()
         with self.waiting(waiter.release, job_id, waiter):
             self.when_done(job_id, waiter)
@@ -557,6 +566,8 @@ class Runtime:
     def forget_waiter(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> None:
         """Drop a completion callback registered with :meth:`when_done` (or ``on_done``);
         never blocks (a scheduler restarting just then keeps it until the job ends)."""
+        if not isinstance(job_id, str):
+            return  # no job has it
         tell_ref(self.directory.get("scheduler"), ForgetWaiter(job_id, fn))
 
     @contextlib.contextmanager
@@ -727,3 +738,10 @@ def _stop_ref(ref: pykka.ActorRef[Any], timeout: float) -> None:
         logger.error("actor %s did not stop within %.1f s", ref, timeout)
     except pykka.ActorDeadError:
         pass
+
+
+def _check_job_id(job_id: Any) -> None:
+    """A job id of another type (a status dict passed by mistake) is no job's: say so
+    before it reaches the scheduler."""
+    if not isinstance(job_id, str):
+        raise JobNotFound(job_id)

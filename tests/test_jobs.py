@@ -29,7 +29,8 @@ from actors.scheduler import HANG_GRACE
 from runtime import ManualClock, Runtime
 from runtime.errors import (ConfigError, InvalidArguments, JobNotFound, RuntimeStopped, ScriptNotFound, StoreError,
                             SupervisorEscalated)
-from runtime.messages import CancelSlot, RunJob
+from runtime.aio import wait_job
+from runtime.messages import CancelSlot, ForgetWaiter, RunJob
 from runtime.registry import Script
 from runtime.start_marks import StartMarker, marks_folder
 from runtime.store import INTERRUPTED_ERROR, STOPPED_ERROR, JobRecord, JobState, MemoryStore, SqliteStore
@@ -248,6 +249,27 @@ def test_cancel_a_queued_job_and_a_running_command(start_runtime: Callable[..., 
     with pytest.raises(JobNotFound):
         rt.status("no-such-job")
     assert not rt.cancel("no-such-job")
+
+
+def test_a_job_id_of_another_type_is_a_clear_error_and_crashes_nothing(start_runtime: Callable[..., Runtime],
+                                                                         registry: Path) -> None:
+    # An easy slip: the status dict passed where its id was due. It may hold secrets.
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    scheduler = rt.ref("scheduler").actor_urn
+    status = rt.wait_job(rt.submit("record", {"token": "secret-value"}), timeout=10)
+    for wrong in (status, [], None, 7):
+        for call in (rt.status, rt.cancel, rt.wait_job, lambda j: rt.when_done(j, print),
+                     lambda j: asyncio.run(wait_job(rt, j))):
+            with pytest.raises(JobNotFound, match="a job id is a string, got") as info:
+                call(wrong)
+            assert "secret-value" not in str(info.value)
+        rt.forget_waiter(wrong, print)
+        assert rt.scheduler.status(wrong).get(timeout=5) is None
+        assert rt.scheduler.cancel(wrong).get(timeout=5) is False
+        tell_ref(rt.ref("scheduler"), ForgetWaiter(wrong, print))  # a tell: a raise would crash it
+    assert rt.wait_job(rt.submit("record", {"token": "after"}), timeout=10)["status"] == "succeeded"
+    assert rt.ref("scheduler").actor_urn == scheduler  # never restarted
+    assert rt.stats_snapshot()["restarts"] == 0
 
 
 # --- callbacks --------------------------------------------------------------------------
