@@ -137,6 +137,9 @@ class SchedulerActor(SupervisedActor):
         # timer for the earliest: a timer per attempt would cost the timer thread a
         # wake-up per job, while a deadline is almost never reached.
         self._deadlines: dict[str, tuple[float, int]] = {}
+        # Cancelled attempts whose worker is busy until they return (a python function on
+        # its thread cannot be stopped): job id -> (worker, attempt). Their deadline stays.
+        self._cancelled_busy: dict[str, tuple[str, int]] = {}
         self._deadline_timer: TimerHandle | None = None
         self._deadline_due = 0.0
         self._failed = False
@@ -370,11 +373,18 @@ class SchedulerActor(SupervisedActor):
             return False
         core = self._core()
         record = core.jobs.get(job_id)
+        run = core.running.get(job_id)
+        deadline = self._deadlines.get(job_id)
         cancelled, handle = core.cancel(job_id)
         if cancelled:
             if handle is not None:
                 handle()
             self._cancel_timer(job_id)
+            if run is not None and deadline is not None and core.busy(run.worker):
+                # Until it reports, its worker is still watched: one that never returns is
+                # replaced at the attempt's deadline, as a hung one would be.
+                self._cancelled_busy[job_id] = (run.worker, run.attempt)
+                self._deadlines[job_id] = deadline  # the timer armed for it still runs
             self._ended(job_id, record)
             self._dispatch()
             # Committed before the answer, not in the commit window: a job cancelled and
@@ -517,6 +527,9 @@ class SchedulerActor(SupervisedActor):
             if self.memory.interrupting and run is not None and message.result.get("status") == "cancelled":
                 return None  # stopped by interrupt(): the teardown queues it for the next start
             if run is not None and run.attempt == message.attempt:
+                self._deadlines.pop(message.job_id, None)
+            elif self._cancelled_busy.get(message.job_id, ("", 0))[1] == message.attempt:
+                del self._cancelled_busy[message.job_id]  # the cancelled attempt returned after all
                 self._deadlines.pop(message.job_id, None)
             result = message.result
             record = core.jobs.get(message.job_id)
@@ -740,19 +753,28 @@ class SchedulerActor(SupervisedActor):
         core = self._core()
         run = core.running.get(job_id)
         if run is None or run.attempt != attempt:
+            cancelled = self._cancelled_busy.pop(job_id, None)
+            if cancelled is not None and cancelled[1] == attempt and core.busy(cancelled[0]):
+                self._replace_hung(cancelled[0], job_id, attempt)  # the job itself has ended
+                self._dispatch()
             return
         run.cancel.cancel()
-        worker = run.worker
+        error = self._replace_hung(run.worker, job_id, attempt)
+        self._outcome(job_id, core.abandon(job_id, error))
+        self._dispatch()
+
+    def _replace_hung(self, worker: str, job_id: str, attempt: int) -> str:
+        """Give up on a worker still running an attempt past its deadline; have the
+        supervisor replace it. Returns the error that names it."""
         ref = self._worker_refs.pop(worker, None) or self.context.directory.get(worker)
         if ref is not None:
             self.memory.gone_workers.add(ref.actor_urn)
         error = f"worker {worker} hung: attempt {attempt} outlived its deadline"
         logger.warning("job %s: %s", job_id, error)
-        core.worker_lost(worker)
-        self._outcome(job_id, core.abandon(job_id, error))
+        self._core().worker_lost(worker)
         if ref is not None:
             self.context.directory.tell(self.context.supervisor, ReplaceChild(worker, ref.actor_urn, error))
-        self._dispatch()
+        return error
 
     def _outcome(self, job_id: str, outcome: Outcome | None) -> None:
         if outcome is None:

@@ -877,6 +877,51 @@ def test_a_hung_python_job_gets_its_worker_replaced_and_is_retried(
     assert helpers.CALLS == ["h", "next"]
 
 
+def test_a_cancelled_python_job_that_never_returns_still_gets_its_worker_replaced(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # A function on a worker thread cannot be stopped: a cancel ends the job at once, but
+    # its worker stays busy until the function returns, and is watched until then.
+    clock = ManualClock()
+    rt = start_runtime(registry, clock=clock, job_concurrency=1, backoff_min=0.5, backoff_max=0.5,
+                       store_factory=MemoryStore, **quiet())
+    old = rt.ref("worker-0")
+    job = rt.submit("hang_once", {"name": "c"})
+    assert helpers.started("c").wait(5)
+    deadline = 1.0 + HANG_GRACE  # the script's timeout is 1 s
+    wait_until(lambda: soon(clock) == [deadline], message="no hang deadline armed")
+    assert rt.cancel(job) and status_of(rt, job) == "cancelled"
+    behind = rt.submit("record", {"token": "behind"})
+    assert soon(clock) == [deadline]  # still watched
+    assert status_of(rt, behind) == "queued"  # its only worker is still busy
+    clock.advance(deadline)
+    wait_until(lambda: rt.directory.get("worker-0") is None, message="the stuck worker was not taken out")
+    wait_until(lambda: soon(clock), message="no restart scheduled")
+    clock.advance(0.5)
+    wait_until(lambda: replaced(rt, "worker-0", old.actor_urn), message="worker-0 not replaced")
+    assert rt.wait_job(behind, timeout=5)["status"] == "succeeded"
+    final = rt.status(job)
+    assert final["status"] == "cancelled" and [a["status"] for a in final["attempts"]] == ["cancelled"]
+    helpers.release("c")
+    wait_until(lambda: not old.is_alive(), message="the abandoned worker did not stop once released")
+    assert rt.status(job)["status"] == "cancelled"  # its late report changed nothing
+
+
+def test_a_cancelled_python_job_that_returns_frees_its_worker_and_leaves_no_deadline(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    clock = ManualClock()
+    rt = start_runtime(registry, clock=clock, job_concurrency=1, store_factory=MemoryStore, **quiet())
+    job = rt.submit("hang_once", {"name": "r"})
+    assert helpers.started("r").wait(5)
+    wait_until(lambda: soon(clock), message="no hang deadline armed")
+    assert rt.cancel(job)
+    helpers.release("r")
+    assert rt.run("record", {"token": "next"}, timeout=5)["status"] == "succeeded"
+    wait_until(lambda: not soon(clock), message="a deadline is still armed")
+    assert rt.ref("worker-0").is_alive() and rt.stats_snapshot()["restarts"] == 0
+
+
 def test_a_late_report_of_a_hung_attempt_changes_nothing(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
