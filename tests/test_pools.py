@@ -433,6 +433,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._reply(503, b"later", {"Retry-After": "3600"})
         elif self.path.startswith("/redirect?to="):
             self._reply(302, b"", {"Location": urllib.parse.unquote(self.path.split("=", 1)[1])})
+        elif self.path.startswith("/bad-header"):  # a header line without a colon: urllib3 warns
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nno colon here\r\n\r\nok")
         elif self.path == "/headers":
             self._reply(200, json.dumps({k.lower(): v for k, v in self.headers.items()}).encode())
         else:
@@ -618,6 +620,17 @@ def test_urllib3_logs_never_show_request_paths_or_queries(
     assert caplog.records, "urllib3 logged nothing: the test would prove nothing"
     assert "s3cr3t" not in caplog.text and "/flaky" not in caplog.text
     assert "127.0.0.1" in caplog.text  # the host stays, for debugging
+
+
+def test_urllib3_warning_about_a_malformed_response_does_not_show_the_request_target(
+    server: _Server, make_http: Callable[..., HttpPool], caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_http()
+    with caplog.at_level(logging.WARNING, logger="urllib3"):
+        response = pool.request("GET", _url(server, "/bad-header?token=s3cr3t"), preload_content=True)
+    assert response.status == 200
+    assert "Failed to parse headers" in caplog.text  # urllib3.connection's own warning
+    assert "s3cr3t" not in caplog.text and "/bad-header" not in caplog.text
 
 
 def test_a_full_host_pool_waits_at_most_the_pool_timeout(server: _Server, make_http: Callable[..., HttpPool]) -> None:

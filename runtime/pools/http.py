@@ -255,7 +255,10 @@ def _hide_target(value: Any) -> Any:
     return value
 
 
-for _name in ("urllib3.connectionpool", "urllib3.poolmanager", "urllib3.util.retry"):
+# A logger's filter sees only what is logged to that very logger, not its children's
+# records: each urllib3 module that logs a URL is listed.
+for _name in ("urllib3.connection", "urllib3.connectionpool", "urllib3.poolmanager", "urllib3.response",
+              "urllib3.util.retry"):
     logging.getLogger(_name).addFilter(_HideRequestTargets())
 
 
