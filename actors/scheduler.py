@@ -13,6 +13,7 @@ from typing import Any
 from runtime.callbacks import CallbackRunner
 from runtime.clock import SystemClock, TimerHandle
 from runtime.errors import ActorRuntimeError
+from runtime.executors import NOT_RETRYABLE
 from runtime.messages import (
     AcceptJobs,
     ChildDown,
@@ -102,6 +103,9 @@ class SchedulerActor(SupervisedActor):
         journal: the submit journal (``runtime/submit_journal.py``) this instance takes
             ``Submitted`` jobs from; ``None`` with a custom store.
         check: looks a job submitted through the proxy up and validates it (the runtime's).
+        current: the registry's version of a script now (``None``: it was removed), looked
+            up as a job starts, so that a job runs its script as the registry has it then
+            and a removed script never runs; without it, the version known at submit.
     """
 
     def __init__(
@@ -115,9 +119,11 @@ class SchedulerActor(SupervisedActor):
         journal: SubmitJournal | None = None,
         *,
         check: JobCheck,
+        current: Callable[[str], Script | None] | None = None,
     ) -> None:
         super().__init__(context)
         self._check = check
+        self._current = current
         self._marks = marks
         self._journal = journal
         self._deliver: Callable[[JobRecord, Script], None] | None = None  # what the journal tells
@@ -679,26 +685,48 @@ class SchedulerActor(SupervisedActor):
             except ActorRuntimeError:
                 core.reject(commit)  # not stored: not accepted, and none of it starts
                 raise
-        elif self._marks is None and any(self._in_process(s.record.script_id) for s in starts):
-            # A job run inside this process can kill it: its attempt must be on disk before
-            # it starts, or a job that crashes the runtime would never use up its retries.
-            # (With start marks, the worker marks the start itself: runtime/start_marks.py.)
-            self._flush_quietly()
-        for start in starts:
-            script = self._scripts.get(start.record.script_id)
-            if script is None:
-                error = f"script {start.record.script_id!r} is no longer in the registry"
-                self._outcome(start.record.id, core.finished(start.record.id, start.attempt,
-                                                             {"status": "failed", "error": error}))
-                continue
-            if not self._tell_worker(start.worker, RunJob(start.record.id, start.attempt, script,
-                                                          start.record.arguments, start.cancel)):
-                self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
-                core.worker_lost(start.worker)
-                continue
-            self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
+        while starts:
+            if self._marks is None and any(self._in_process(s.record.script_id) for s in starts):
+                # A job run inside this process can kill it: its attempt must be on disk before
+                # it starts, or a job that crashes the runtime would never use up its retries.
+                # (With start marks, the worker marks the start itself: runtime/start_marks.py.)
+                self._flush_quietly()
+            freed = False  # a start ended on the spot gives its worker back: pair it again
+            for start in starts:
+                script = self._script_now(start.record.script_id)
+                if script is None:
+                    error = f"script {start.record.script_id!r} is no longer in the registry"
+                    self._outcome(start.record.id, core.finished(start.record.id, start.attempt,
+                                                                 {"status": "failed", "error": error, **NOT_RETRYABLE}))
+                    freed = True
+                    continue
+                if not self._tell_worker(start.worker, RunJob(start.record.id, start.attempt, script,
+                                                              start.record.arguments, start.cancel)):
+                    self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
+                    core.worker_lost(start.worker)
+                    continue
+                self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
+            starts = core.dispatch() if freed and not self.memory.draining else []
         if not self._deadlines:  # nothing runs: nothing to watch
             self._stop_deadline_timer()
+
+    def _script_now(self, script_id: str) -> Script | None:
+        """The script a starting job runs: the registry's version now (``None``: removed);
+        the version known before while the registry cannot be read at all."""
+        known = self._scripts.get(script_id)
+        if self._current is None:
+            return known
+        try:
+            script = self._current(script_id)
+        except ActorRuntimeError as e:
+            logger.warning("cannot read the registry, starting %r as known before: %s", script_id, e)
+            return known
+        if script is not known:
+            if script is None:
+                self._scripts.pop(script_id, None)
+            else:
+                self._remember(script)
+        return script
 
     def _in_process(self, script_id: str) -> bool:
         script = self._scripts.get(script_id)

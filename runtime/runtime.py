@@ -190,7 +190,7 @@ class Runtime:
             ChildSpec("watcher", lambda: WatcherActor.start(context("watcher"), **watcher_args)),
             ChildSpec("scheduler", lambda: SchedulerActor.start(
                 context("scheduler"), self.callbacks, self._store_factory, self._retry_rng, self._scheduler_memory,
-                self._marks, self._journal, check=self._scheduler_check)),
+                self._marks, self._journal, check=self._scheduler_check, current=self._script_now)),
             *[self._worker_spec(f"worker-{i}", context) for i in range(self.settings.job_concurrency)],
         ]
 
@@ -498,6 +498,13 @@ class Runtime:
             return script
 
         return self._checked_job(script_id, arguments, lambda sid: self._lookup(sid, lambda: from_file(sid)))
+
+    def _script_now(self, script_id: str) -> Script | None:
+        """For the scheduler as a job starts, on its thread: the script from the published
+        view, else from the registry file (``None``: removed). Not a cache hit: no one
+        looked it up."""
+        script = self.cache_view.entries.get(script_id)
+        return script if script is not None else self._registry_file.get(script_id)
 
     def status(self, job_id: str) -> dict[str, Any]:
         """The job's status: ``status``, ``attempts``, ``progress``, ``result``, ``error``...

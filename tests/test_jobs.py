@@ -272,6 +272,38 @@ def test_a_job_id_of_another_type_is_a_clear_error_and_crashes_nothing(start_run
     assert rt.stats_snapshot()["restarts"] == 0
 
 
+def test_a_queued_job_runs_its_script_as_the_registry_has_it_when_it_starts(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # Removed before it starts: it fails, and none of the removed script runs. Every job of
+    # the removed script ends at once, and the job behind them still gets the free worker.
+    rt = start_runtime(registry, job_concurrency=1, store_factory=MemoryStore, **quiet(watcher="polling",
+                                                                                         poll_interval=0.05))
+    blocker = rt.submit("block", {"name": "b"})
+    assert helpers.started("b").wait(5)
+    removed = [rt.submit("record", {"token": f"removed-{i}"}) for i in range(5)]
+    changed = rt.submit("echo", {"text": "hi"})
+    write_registry(registry, [s for s in SCRIPTS if s["id"] not in ("record", "echo")] + [  # echo prints twice
+        {**next(s for s in SCRIPTS if s["id"] == "echo"), "command": [PY, "-c", "import sys; t = sys.stdin.read(); print(t); print(t)"]}])
+    wait_until(lambda: _raises(lambda: rt.script("record"), ScriptNotFound), message="the edit was not seen")
+    helpers.release("b")
+    assert rt.wait_job(blocker, timeout=5)["status"] == "succeeded"
+    for job in removed:
+        final = rt.wait_job(job, timeout=5)
+        assert final["status"] == "failed" and "no longer in the registry" in final["error"]
+        assert len(final["attempts"]) == 1  # for good: a retry would not find it either
+    assert rt.wait_job(changed, timeout=10)["result"]["stdout"].count('"text"') == 2  # the new version ran
+    assert helpers.CALLS == ["b"]  # not one of the removed script's jobs ran
+
+
+def _raises(call: Callable[[], Any], error: type[BaseException]) -> bool:
+    try:
+        call()
+    except error:
+        return True
+    return False
+
+
 # --- callbacks --------------------------------------------------------------------------
 
 
