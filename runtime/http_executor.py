@@ -274,7 +274,10 @@ class HttpExecution:
             response = self._response
         self._wake.set()
         if response is not None:
-            response.shutdown()  # a read blocked in the helper returns at once
+            try:
+                response.shutdown()  # a read blocked in the helper returns at once
+            except (RuntimeError, ValueError, OSError):  # the body was read to its end and the connection
+                pass  # given back: no read is left to stop, and the pool's connection is not ours
         else:
             self._request_abort.abort()  # so does a wait for the headers
 

@@ -245,6 +245,36 @@ def test_cancel_while_the_body_is_read_returns_cancelled_quickly(server: Server,
     wait_until(lambda: pool.figures()["in_use"] == 0)  # the helper gave the connection's slot back
 
 
+def test_a_cancel_just_after_the_body_was_read_is_harmless(server: Server, pool: HttpPool,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Read to its end, the response has given its connection back (urllib3 then refuses
+    # to shut it down); a cancel in that moment must neither raise nor touch the pool's connection.
+    read = HttpExecution._read
+    execution = HttpExecution(_script(url=server.base + "/json"), {}, pool)
+    body_read, cancelled = threading.Event(), threading.Event()
+
+    def read_then_wait(self: HttpExecution, response: Any) -> Any:
+        body = read(self, response)
+        body_read.set()
+        cancelled.wait(5)
+        return body
+
+    monkeypatch.setattr(HttpExecution, "_read", read_then_wait)
+    results: list[ExecutionResult] = []
+    runner = threading.Thread(target=lambda: results.append(execution.run()))
+    runner.start()
+    assert body_read.wait(5)
+    try:
+        execution.cancel()  # from the scheduler's thread, in the runtime: it must not raise
+    finally:
+        cancelled.set()
+        runner.join(5)
+    assert results[0].status == "cancelled"
+    assert pool.figures()["in_use"] == 0
+    monkeypatch.undo()
+    assert _run(_script(url=server.base + "/json"), pool).status == "succeeded"  # the pool is fine
+
+
 def test_cancel_before_run_does_not_send(server: Server, pool: HttpPool) -> None:
     execution = HttpExecution(_script(url=server.base + "/json"), {}, pool)
     execution.cancel()
