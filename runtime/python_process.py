@@ -38,6 +38,8 @@ __all__ = ["PythonExecution", "PythonProcess"]
 log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024  # bytes read from the host at once
+_READ_CHUNKS = 16  # reads before the loop looks at the deadline and a cancel again
+_LONGEST_WAIT = 3600.0  # seconds one poll() sleeps at most (it cannot take a timeout of years)
 _CLOSE_GRACE = 1.0  # seconds close() lets the host end by itself before killing its group
 _EXIT_GRACE = 1.0  # seconds to wait for the exit of a host that closed its output mid-job
 _READY = READY.rstrip(b"\n")
@@ -79,7 +81,7 @@ class _Host:
         self.stdout = proc.stdout.fileno()
         os.set_blocking(self.stdin, False)  # a host that stops reading must not hold off the deadline
         os.set_blocking(self.stdout, False)
-        self._partial = b""
+        self._pieces: list[bytes] = []  # the start of a line no newline has finished yet
         self.ready = False  # it has said so: its start-up no longer counts against a job's timeout
 
     @classmethod
@@ -102,17 +104,25 @@ class _Host:
         return exited_within(self.pid, self.pidfd, timeout)
 
     def read_lines(self) -> list[bytes] | None:
-        """The complete lines available now (maybe none); ``None`` at end of output."""
+        """The complete lines available now (maybe none), from at most ``_READ_CHUNKS``
+        reads, so that a host writing without pause cannot hold off the caller's
+        deadline; ``None`` at end of output."""
         lines: list[bytes] = []
-        while True:
+        for _ in range(_READ_CHUNKS):
             try:
                 chunk = os.read(self.stdout, _CHUNK)
             except BlockingIOError:
                 return lines
             if not chunk:
                 return lines or None
-            *complete, self._partial = (self._partial + chunk).split(b"\n")
-            lines += complete
+            end = chunk.rfind(b"\n")
+            if end < 0:  # kept as a piece: joined once, when its newline comes (a long line costs linear time)
+                self._pieces.append(chunk)
+                continue
+            self._pieces.append(chunk[:end])
+            lines += b"".join(self._pieces).split(b"\n")
+            self._pieces = [chunk[end + 1:]]
+        return lines
 
     def kill(self) -> int:
         """SIGKILL the host's group, reap it, release its descriptors; returns its exit code."""
@@ -301,7 +311,7 @@ class PythonProcess:
             if host.pidfd is None:  # a host that dies while a process it started holds its output
                 remaining = min(remaining, exit_poll)
                 exit_poll = min(exit_poll * 2, EXIT_POLL[1])
-            ready = dict(poller.poll(math.ceil(remaining * 1000)))
+            ready = dict(poller.poll(math.ceil(min(remaining, _LONGEST_WAIT) * 1000)))
             if host.stdout in ready or host.pidfd in ready or (host.pidfd is None and host.exited()):
                 was_ready = host.ready
                 outcome = self._read(host, script, on_progress)

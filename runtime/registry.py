@@ -186,6 +186,7 @@ def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
 
 #: The longest ``timeout`` a script may have, in seconds (a year).
 MAX_TIMEOUT = 366 * 24 * 3600
+MAX_SQL_TIMEOUT = 2_147_483  # seconds: PostgreSQL takes a statement_timeout of at most 2**31 - 1 ms
 
 
 def _finite_seconds(value: int | float) -> float | None:
@@ -399,6 +400,9 @@ def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script
         raise check.fail("timeout", f"must be positive, got {timeout}")
     if seconds > MAX_TIMEOUT:  # beyond what threading's waits accept
         raise check.fail("timeout", f"must be at most {MAX_TIMEOUT} seconds (a year), got {timeout}")
+    if kind == "sql" and seconds > MAX_SQL_TIMEOUT:  # the query runs under statement_timeout
+        raise check.fail("timeout", f"must be at most {MAX_SQL_TIMEOUT} seconds for an sql script "
+                                    f"(PostgreSQL's longest statement_timeout), got {timeout}")
     max_retries = check.get("max_retries", int, None, "an integer")
     if max_retries is not None and max_retries < 0:
         raise check.fail("max_retries", f"must be 0 or more, got {max_retries}")

@@ -23,8 +23,8 @@ import pytest
 from runtime import child_exit
 from runtime.executors import ExecutionResult, run_python
 from runtime.python_host import _Channel
-from runtime.python_process import PythonProcess
-from runtime.registry import Script
+from runtime.python_process import _CHUNK, _READ_CHUNKS, PythonProcess, _Host
+from runtime.registry import MAX_TIMEOUT, Script
 from runtime.testing import process_gone
 
 WAIT = 10.0  # generous upper bound for every wait; a passing test never reaches it
@@ -209,6 +209,37 @@ def test_the_hosts_channel_drops_progress_of_every_finished_job() -> None:
         late(0.9, "late")
     assert b"late" not in stream.getvalue()
     assert stream.getvalue().count(b"result") == 4 and stream.getvalue().count(b"job ") == 4
+
+
+def test_the_hosts_output_is_cut_into_lines_a_few_reads_at_a_time() -> None:
+    # Lines split across reads, a line longer than many reads, and a host that writes without
+    # pause: read_lines returns after a bounded number of reads, so the run loop gets to look
+    # at its deadline and a cancel in between.
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    host = _Host.__new__(_Host)
+    host.stdout, host._pieces = read_end, []
+    long_line = b"x" * (_CHUNK * (_READ_CHUNKS + 3))
+    data = b"one\ntw" + b"o\n" + long_line + b"\nthree\n"
+    writer = threading.Thread(target=lambda: (os.write(write_end, data), os.close(write_end)))
+    writer.start()
+    lines: list[bytes] = []
+    calls = 0
+    while True:
+        got = host.read_lines()
+        if got is None:
+            break
+        lines += got
+        calls += 1
+        assert calls < 10_000
+    writer.join(WAIT)
+    os.close(read_end)
+    assert lines == [b"one", b"two", long_line, b"three"]
+    assert calls > 1  # the long line took more than one call
+
+
+def test_a_timeout_of_a_year_is_a_deadline_like_any_other(shared: PythonProcess) -> None:
+    assert shared.run(_script("add", timeout=float(MAX_TIMEOUT)), {"a": 2}).value == {"sum": 2}
 
 
 # -- one host, reused; killed when a run must end -----------------------------------------
