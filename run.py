@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--registry", default=None, help="registry file (default: REGISTRY_PATH or ./registry.json)")
     serve.add_argument("--cache-size", type=int, default=None, help="LRU entries (default: CACHE_SIZE or 100)")
     serve.add_argument("--watcher", choices=("auto", "inotify", "polling"), default=None)
-    serve.add_argument("--stats-every", type=float, default=0.0, metavar="SECONDS",
+    serve.add_argument("--stats-every", type=_seconds, default=0.0, metavar="SECONDS",
                        help="log a stats snapshot every SECONDS (0: only at exit)")
 
     run = sub.add_parser("run", help="run one job to its end, showing its progress and result")
@@ -44,11 +44,22 @@ def _parser() -> argparse.ArgumentParser:
                      help="an argument, converted to the type the registry declares (repeatable)")
     run.add_argument("--args-json", default=None, metavar="JSON", help="all arguments as one JSON object")
     run.add_argument("--priority", choices=("high", "normal", "low"), default="normal")
-    run.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    run.add_argument("--timeout", type=_seconds, default=None, help="give up waiting after this many seconds")
 
     check = sub.add_parser("check", help="validate a registry and list its scripts")
     check.add_argument("--registry", default=None, help="registry file (default: REGISTRY_PATH or ./registry.json)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A number of seconds for an option: finite, 0 or more, at most a year."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= seconds <= 366 * 24 * 3600:  # False for NaN too
+        raise argparse.ArgumentTypeError(f"must be from 0 to a year of seconds, got {text!r}")
+    return seconds
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -89,8 +100,8 @@ def _convert(kind: str, name: str, raw: str) -> Any:
             return raw.lower() in ("true", "1", "yes")
         if kind in ("object", "array"):
             return json.loads(raw)
-    except ValueError:
-        raise InvalidArguments(f"argument {name!r} must be of type {kind}, got {raw!r}") from None
+    except ValueError:  # not the value itself: it may be a secret
+        raise InvalidArguments(f"argument {name!r} must be of type {kind}; its value does not read as one") from None
     return raw
 
 
@@ -106,8 +117,8 @@ def _arguments(rt: Runtime, args: argparse.Namespace) -> dict[str, Any]:
     script = rt.script(args.script)
     for item in args.arg:
         name, sep, raw = item.partition("=")
-        if not sep:
-            raise InvalidArguments(f"--arg {item!r}: use NAME=VALUE")
+        if not sep:  # no "=": the text may be a value given alone, so only its length is shown
+            raise InvalidArguments(f"--arg takes NAME=VALUE; one of them has no '=' ({len(item)} characters)")
         spec = script.arguments.get(name)
         values[name] = _convert(spec.type, name, raw) if spec else raw  # unknown names: rejected by submit
     return values

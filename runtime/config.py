@@ -4,6 +4,7 @@ defaults), validated, and passed down as one frozen object."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ ENV_NAMES: dict[str, str] = {
 }
 
 _WATCHERS = ("auto", "inotify", "polling")
+#: Settings that are seconds: each is waited for, and a wait takes at most about a year.
+_DURATIONS = frozenset({"poll_interval", "restart_window", "backoff_min", "backoff_max", "backoff_reset",
+                        "ask_timeout", "retry_backoff_min", "retry_backoff_max", "drain_timeout"})
+_LONGEST_DURATION = 366 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,15 @@ class Settings:
     drain_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type == "float" and isinstance(value, (int, float)) and not math.isfinite(value):
+                raise ConfigError(f"setting {field.name} must be a finite number, got {value}")
+            if field.name in _DURATIONS and isinstance(value, (int, float)) and value > _LONGEST_DURATION:
+                raise ConfigError(f"setting {field.name} must be at most {_LONGEST_DURATION} seconds (a year), "
+                                  f"got {value}")
+        if self.backoff_reset < 0:
+            raise ConfigError(f"setting backoff_reset must be 0 or more, got {self.backoff_reset}")
         for name in ("job_concurrency", "max_restarts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"setting {name} must be at least 1, got {getattr(self, name)}")

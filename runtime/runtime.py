@@ -26,8 +26,8 @@ from runtime.messages import AcceptJobs, ForgetWaiter, InjectFault
 from runtime.pools import ConnectionPools
 from runtime.registry import RegistryFile, Script, load_registry
 from runtime.registry_cache import CacheMemory, CacheView, ViewHits
-from runtime.scheduling import (SchedulerMemory, check_callbacks, check_max_retries, checked_jobs, new_job,
-                                priority_level)
+from runtime.scheduling import (SchedulerMemory, check_callbacks, check_max_retries, check_wait_timeout,
+                                checked_jobs, new_job, priority_level)
 from runtime.start_marks import marks_folder
 from runtime.stats import StatsAccumulator
 from runtime.store import JobStore, claim_folder
@@ -480,7 +480,7 @@ class Runtime:
             ScriptNotFound, InvalidArguments, PoolError (an ``sql`` script's pool is missing).
         """
         if not isinstance(script_id, str):
-            raise InvalidArguments(f"a script id is a string, got {script_id!r}")
+            raise InvalidArguments(f"a script id is a string, got {type(script_id).__name__}")  # not the value
         script = (lookup or self.script)(script_id)
         values = validate_arguments(script, arguments)
         if script.kind == "sql":
@@ -543,10 +543,12 @@ class Runtime:
 
         Raises:
             JobNotFound: no such job.
+            InvalidArguments: ``timeout`` is not ``None`` or 0 to a year of seconds.
             TimeoutError: not finished within ``timeout`` seconds.
             RuntimeStopped: the runtime stopped first (the job stays in the store).
         """
         _check_job_id(job_id)
+        timeout = check_wait_timeout(timeout)
         waiter = _Waiter()
         with self.waiting(waiter.release, job_id, waiter):
             self.when_done(job_id, waiter)
@@ -557,9 +559,11 @@ class Runtime:
         """Submit a job and wait for its end; its final status.
 
         Raises:
-            as :meth:`submit`; TimeoutError as :meth:`wait_job`; RuntimeStopped: the
-            runtime stopped first (the job stays in the store).
+            as :meth:`submit`; InvalidArguments and TimeoutError as :meth:`wait_job` (a bad
+            ``timeout`` submits nothing); RuntimeStopped: the runtime stopped first (the job
+            stays in the store).
         """
+        timeout = check_wait_timeout(timeout)  # before the submit: a bad one queues nothing
         waiter = _Waiter()
         job_id = self.submit(script_id, arguments, on_done=waiter, **options)
         try:

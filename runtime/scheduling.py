@@ -21,7 +21,7 @@ from runtime.registry import Script
 from runtime.store import STOPPED_ERROR, JobRecord, JobState, JobStore
 
 __all__ = ["Dispatch", "JobCheck", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory",
-           "check_callbacks", "check_max_retries", "checked_jobs", "new_job", "priority_level"]
+           "check_callbacks", "check_max_retries", "check_wait_timeout", "checked_jobs", "new_job", "priority_level"]
 
 _PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
@@ -43,6 +43,9 @@ class RetryPolicy:
         return nominal / 2 + self.rng() * nominal / 2
 
 
+_LONGEST_WAIT = 366 * 24 * 3600.0  # seconds: threading's waits take no more
+
+
 def priority_level(value: Any) -> int:
     """0 (high), 1 (normal) or 2 (low) from a name, a number or a ``JobPriority``.
 
@@ -55,6 +58,22 @@ def priority_level(value: Any) -> int:
     if isinstance(number, int) and not isinstance(number, bool) and number in (0, 1, 2):
         return number
     raise InvalidArguments(f"priority must be high, normal or low, got {value!r}")
+
+
+def check_wait_timeout(timeout: Any) -> float | None:
+    """A wait's timeout: ``None`` (no limit) or seconds, finite, 0 or more, at most a year.
+
+    Raises:
+        InvalidArguments: anything else (a wait could not take it).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+        if 0 <= seconds <= _LONGEST_WAIT:  # False for NaN too
+            return seconds
+    raise InvalidArguments(f"timeout must be None or a number of seconds from 0 to {_LONGEST_WAIT:.0f} "
+                           f"(a year), got {timeout!r}")
 
 
 def check_callbacks(callback: Any, on_done: Any) -> None:
@@ -94,7 +113,8 @@ def checked_jobs(check: JobCheck, jobs: list[Any]) -> list[tuple[Script, dict[st
     checked = []
     for position, job in enumerate(jobs, 1):
         if not isinstance(job, (tuple, list)) or len(job) != 2:
-            raise InvalidArguments(f"job #{position}: expected a (script id, arguments) pair, got {job!r}")
+            shape = f"a {len(job)}-item {type(job).__name__}" if isinstance(job, (tuple, list)) else type(job).__name__
+            raise InvalidArguments(f"job #{position}: expected a (script id, arguments) pair, got {shape}")
         try:
             checked.append(check(job[0], job[1]))
         except InvalidArguments as e:  # ScriptNotFound and PoolError name what is missing already

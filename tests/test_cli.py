@@ -130,3 +130,18 @@ def test_ctrl_c_during_run_cancels_the_job_and_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert f"job {job} cancelled (interrupted)" in err
     assert "Traceback" not in err
+
+
+def test_run_never_echoes_an_argument_value_it_refuses_nor_waits_an_impossible_time(tmp_path: Path) -> None:
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"scripts": [
+        {"id": "typed", "command": ["true"], "arguments": {"n": {"type": "integer", "required": True}}}]}))
+    for timeout in ("nan", "inf", "-1"):
+        result = _run_py(tmp_path, "run", "typed", "--arg", "n=1", "--timeout", timeout, "--registry", str(registry))
+        assert result.returncode == 2 and "argument --timeout: must be from 0 to a year" in result.stderr
+    assert not (tmp_path / "jobs").exists()  # refused before a runtime (and its store) started
+    result = _run_py(tmp_path, "run", "typed", "--arg", "n=secret123", "--registry", str(registry))
+    assert result.returncode == 2
+    assert "argument 'n' must be of type integer" in result.stderr and "secret123" not in result.stderr
+    result = _run_py(tmp_path, "run", "typed", "--arg", "secret123", "--registry", str(registry))
+    assert result.returncode == 2 and "NAME=VALUE" in result.stderr and "secret123" not in result.stderr

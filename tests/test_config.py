@@ -27,6 +27,11 @@ def test_keyword_beats_environment_beats_default() -> None:
         ({}, {"watcher": "magic"}, "watcher must be one of"),
         ({}, {"cache_sise": 3}, "unknown setting 'cache_sise'"),
         ({}, {"cache_size": True}, "must be an integer"),
+        ({"CACHE_MEMORY_MB": "nan"}, {}, "cache_memory_mb must be a finite number, got nan"),
+        ({}, {"cache_memory_mb": float("inf")}, "cache_memory_mb must be a finite number"),
+        ({}, {"drain_timeout": float("nan")}, "drain_timeout must be a finite number"),
+        ({}, {"ask_timeout": 1e12}, "ask_timeout must be at most 31622400 seconds (a year)"),
+        ({}, {"backoff_reset": -1}, "backoff_reset must be 0 or more"),
     ],
 )
 def test_invalid_settings_are_named(env: dict[str, str], kwargs: dict[str, object], needle: str) -> None:

@@ -251,6 +251,20 @@ def test_cancel_a_queued_job_and_a_running_command(start_runtime: Callable[..., 
     assert not rt.cancel("no-such-job")
 
 
+def test_a_wait_with_an_impossible_timeout_is_refused_before_anything_is_queued(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    job = rt.submit("record", {"token": "t"})
+    for timeout in (float("nan"), float("inf"), -1, 1e12, "5", True):
+        with pytest.raises(InvalidArguments, match="timeout must be None or a number of seconds"):
+            rt.wait_job(job, timeout)  # type: ignore[arg-type]
+        with pytest.raises(InvalidArguments, match="timeout must be None or a number of seconds"):
+            rt.run("record", {"token": "never"}, timeout)  # type: ignore[arg-type]
+    assert rt.wait_job(job, 10)["status"] == "succeeded"
+    assert rt.queue_stats()["completed_jobs"] == 1  # none of the refused runs was queued
+
+
 def test_a_job_id_of_another_type_is_a_clear_error_and_crashes_nothing(start_runtime: Callable[..., Runtime],
                                                                          registry: Path) -> None:
     # An easy slip: the status dict passed where its id was due. It may hold secrets.
@@ -350,7 +364,7 @@ _INVALID: list[tuple[type[Exception], str, tuple[Any, ...], dict[str, Any]]] = [
     (InvalidArguments, "arguments must be an object", ("echo", ["x"]), {}),
     (InvalidArguments, "argument 'token' must be of type string, got NoneType", ("record", {"token": None}), {}),
     (ScriptNotFound, "unknown script 'nope'", ("nope", {}), {}),
-    (InvalidArguments, "a script id is a string, got 5", (5, {}), {}),
+    (InvalidArguments, "a script id is a string, got int", (5, {}), {}),
     (InvalidArguments, "priority must be high, normal or low, got 'urgent'", ("echo", {"text": "x"}, "urgent"), {}),
     (InvalidArguments, "priority must be high, normal or low, got 3", ("echo", {"text": "x"}), {"priority": 3}),
     (InvalidArguments, "priority must be high, normal or low, got True", ("echo", {"text": "x"}), {"priority": True}),
