@@ -128,7 +128,12 @@ class Runtime:
             SupervisorEscalated: an actor kept failing during start-up.
             StoreError: another runtime uses the same ``job_storage_path`` (or it cannot be opened).
         """
+        if settings.get("redis_url"):  # asked for in so many words: do not run without it
+            raise ConfigError("redis_url: the Redis backend is not available yet in this version")
         resolved = load_settings(env, registry_path=registry_path, **settings)
+        if resolved.redis_url:  # REDIS_URL: maybe set for something else; say what it does not do
+            logger.warning("REDIS_URL is set, but this version keeps its cache and job queue local "
+                           "(the Redis backend is not available yet)")
         resolved = _absolute_registry(resolved)
         load_registry(resolved.registry_path)  # a bad registry is the user's error: say it now
         runtime = cls(resolved, clock, inotify_factory, store_factory, retry_rng, pools)

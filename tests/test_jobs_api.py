@@ -6,13 +6,14 @@ import asyncio
 import json
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pykka
 import pytest
 
-from runtime import (ConfigError, InvalidArguments, JobPriority, RuntimeStopped, ScriptNotFound, ToolExecutionService,
-                     init_cache, init_queue)
+from runtime import (ConfigError, InvalidArguments, JobPriority, Runtime, RuntimeStopped, ScriptNotFound,
+                     ToolExecutionService, init_cache, init_queue)
 from runtime.store import MemoryStore
 from runtime.testing import wait_until, write_registry
 
@@ -109,6 +110,22 @@ def test_tool_execution_service_as_the_specification_writes_it(tmp_path: Path) -
         assert {"failures", "avg_execution_time", "p50_execution_time", "p95_execution_time",
                 "p99_execution_time"} <= set(stats)
         assert json.dumps(stats)
+
+
+def test_redis_is_refused_when_asked_for_and_named_when_only_the_environment_has_it(
+    tmp_path: Path, start_runtime: Callable[..., Runtime], caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = _registry(tmp_path)
+    secret = "redis://:s3cret@127.0.0.1:6379/0"
+    for start in (lambda: ToolExecutionService(str(registry), redis_url=secret),
+                  lambda: init_cache(str(registry), redis_url=secret),
+                  lambda: start_runtime(registry, redis_url=secret, store_factory=MemoryStore)):
+        with pytest.raises(ConfigError, match="the Redis (backend|cache level) is not available yet"):
+            start()
+    rt = start_runtime(registry, env={"REDIS_URL": secret}, store_factory=MemoryStore)  # set for something else
+    assert rt.run("echo", {"text": "local"}, timeout=10)["status"] == "succeeded"
+    assert "REDIS_URL is set, but this version keeps its cache and job queue local" in caplog.text
+    assert "s3cret" not in caplog.text
 
 
 def test_enable_cache_false_keeps_nothing_so_every_lookup_reads_the_file(tmp_path: Path) -> None:
