@@ -350,6 +350,22 @@ class Runtime:
             self._proxies[name] = cached
         return cached[1]
 
+    def _ask(self, name: str, call: Callable[[Any], pykka.Future[Any]]) -> Any:
+        """``call(proxy of name)``'s answer. An instance that stopped before it handled
+        the message (a restart) never ran it, so the new instance is asked once more.
+
+        Raises:
+            RuntimeStopped: the runtime stopped, or the actor did not come back.
+        """
+        for last in (False, True):
+            try:
+                return call(self.proxy(name)).get(timeout=self.settings.ask_timeout)
+            except pykka.ActorDeadError:
+                if last:
+                    self._check_running()
+                    raise RuntimeStopped(f"actor {name} stopped before it answered") from None
+        raise AssertionError("unreachable")
+
     @property
     def cache(self) -> Any:
         """Proxy of the CacheActor: ``rt.cache.get_script(id).get()``."""
@@ -378,7 +394,7 @@ class Runtime:
         Raises:
             ScriptNotFound: no such script.
         """
-        return self._lookup(script_id, lambda: self.cache.get_script(script_id).get(timeout=self.settings.ask_timeout))
+        return self._lookup(script_id, lambda: self._ask("cache", lambda cache: cache.get_script(script_id)))
 
     def _lookup(self, script_id: str, missed: Callable[[], Script]) -> Script:
         """The script from the published view (a hit counted), else ``missed()``."""
@@ -392,7 +408,7 @@ class Runtime:
         """The cache's figures (``hits``, ``misses``, ``evictions``, ``hit_rate``,
         ``memory_usage``...), counting every lookup made before this call."""
         self._view_hits.flush()
-        return dict(self.cache.stats().get(timeout=self.settings.ask_timeout))
+        return dict(self._ask("cache", lambda cache: cache.stats()))
 
     def submit(
         self,
@@ -472,7 +488,7 @@ class Runtime:
 
     def _accept(self, jobs: AcceptJobs) -> list[str]:
         """Have the scheduler accept jobs checked here (one commit); their ids."""
-        return list(self.ref("scheduler").ask(jobs, timeout=self.settings.ask_timeout))
+        return list(self._ask("scheduler", lambda _: self.ref("scheduler").ask(jobs, block=False)))
 
     def _checked_job(self, script_id: str, arguments: dict[str, Any] | None,
                      lookup: Callable[[str], Script] | None = None) -> tuple[Script, dict[str, Any]]:
@@ -518,7 +534,7 @@ class Runtime:
             JobNotFound: no such job.
         """
         _check_job_id(job_id)
-        status = self.scheduler.status(job_id).get(timeout=self.settings.ask_timeout)
+        status = self._ask("scheduler", lambda scheduler: scheduler.status(job_id))
         if status is None:
             raise JobNotFound(job_id)
         return dict(status)
@@ -531,7 +547,7 @@ class Runtime:
             JobNotFound: ``job_id`` is not a string.
         """
         _check_job_id(job_id)
-        return bool(self.scheduler.cancel(job_id).get(timeout=self.settings.ask_timeout))
+        return bool(self._ask("scheduler", lambda scheduler: scheduler.cancel(job_id)))
 
     def when_done(self, job_id: str, fn: Callable[[dict[str, Any]], Any]) -> None:
         """Call ``fn(status)`` off the actor threads once the job has finished.
@@ -540,7 +556,7 @@ class Runtime:
             JobNotFound: no such job.
         """
         _check_job_id(job_id)
-        if not self.scheduler.when_done(job_id, fn).get(timeout=self.settings.ask_timeout):
+        if not self._ask("scheduler", lambda scheduler: scheduler.when_done(job_id, fn)):
             raise JobNotFound(job_id)
 
     def wait_job(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
@@ -657,11 +673,11 @@ class Runtime:
 
     def queue_stats(self) -> dict[str, Any]:
         """``queue_size``, ``running_jobs``, ``completed_jobs``, ``failed_jobs`` and more."""
-        return dict(self.scheduler.queue_stats().get(timeout=self.settings.ask_timeout))
+        return dict(self._ask("scheduler", lambda scheduler: scheduler.queue_stats()))
 
     def execution_stats(self, script_id: str | None = None) -> dict[str, Any]:
         """Attempts, failures and duration percentiles of a script (or of all)."""
-        return dict(self.scheduler.execution_stats(script_id).get(timeout=self.settings.ask_timeout))
+        return dict(self._ask("scheduler", lambda scheduler: scheduler.execution_stats(script_id)))
 
     def stats_snapshot(self) -> dict[str, Any]:
         """Every figure: each actor reports its pending counts before the snapshot (exact,

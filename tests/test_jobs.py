@@ -251,6 +251,34 @@ def test_cancel_a_queued_job_and_a_running_command(start_runtime: Callable[..., 
     assert not rt.cancel("no-such-job")
 
 
+def test_an_ask_that_reaches_a_scheduler_on_its_way_out_goes_to_the_next_one(
+    start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A message left in the inbox of an instance that stopped (a restart) never ran: pykka
+    # answers it with ActorDeadError, and the runtime asks the new instance once more.
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    job = rt.submit("record", {"token": "t"})
+    real, dead = rt.proxy, [0]
+
+    class _Gone:
+        def __getattr__(self, _name: str) -> Callable[..., pykka.Future[Any]]:
+            def call(*_args: Any) -> pykka.Future[Any]:
+                dead[0] += 1
+                future: pykka.Future[Any] = pykka.ThreadingFuture()
+                future.set_exception((pykka.ActorDeadError, pykka.ActorDeadError("stopped"), None))
+                return future
+            return call
+
+    asked = iter(range(10**6))  # every other proxy handed out is of an instance on its way out
+    monkeypatch.setattr(rt, "proxy", lambda name: _Gone() if next(asked) % 2 == 0 else real(name))
+    assert rt.wait_job(job, 10)["status"] == "succeeded"  # when_done: the second ask answered
+    assert rt.status(job)["status"] == "succeeded" and rt.queue_stats()["completed_jobs"] == 1
+    assert dead[0] == 3
+    monkeypatch.setattr(rt, "proxy", lambda name: _Gone())
+    with pytest.raises(RuntimeStopped, match="actor scheduler stopped before it answered"):
+        rt.status(job)
+
+
 def test_a_wait_with_an_impossible_timeout_is_refused_before_anything_is_queued(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
