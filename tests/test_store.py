@@ -212,6 +212,29 @@ def test_persists_across_reopen(tmp_path: Path) -> None:
         second.close()
 
 
+def test_a_full_disk_is_named_and_the_store_works_once_there_is_room(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path)
+    try:
+        conn = store._conn
+        assert conn is not None
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 1}")  # the disk is all but full
+        big = [job(text="x" * 4000) for _ in range(20)]
+        with pytest.raises(StoreError, match="database or disk is full"):  # not a failed ROLLBACK's message
+            store.add_many(big)
+        assert not conn.in_transaction
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        store.add_many(big)
+        assert [store.get(r.id) for r in big] == big
+    finally:
+        store.close()
+    reopened = SqliteStore(tmp_path)  # committed, not left in an open transaction
+    try:
+        assert reopened.get(big[-1].id) == big[-1]
+    finally:
+        reopened.close()
+
+
 def test_survives_kill_9(tmp_path: Path) -> None:
     code = textwrap.dedent(f"""
         import sys
