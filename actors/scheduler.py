@@ -34,7 +34,7 @@ from runtime.python_process import START_TIMEOUT
 from runtime.registry import Script, load_registry
 from runtime.scheduling import (JobCheck, Outcome, RetryPolicy, SchedulerCore, SchedulerMemory, check_callbacks,
                                 check_max_retries, checked_jobs, new_job, priority_level)
-from runtime.start_marks import StartMark, apply_marks, read_marks
+from runtime.start_marks import StartMark, apply_marks, read_marks, stop_left_running
 from runtime.store import JobRecord, JobState, JobStore, SqliteStore, recover
 from runtime.submit_journal import SubmitJournal
 
@@ -188,7 +188,9 @@ class SchedulerActor(SupervisedActor):
             for job_id, callbacks in replayed.items():  # their Submitted died with an instance
                 self._keep_callbacks(job_id, *callbacks)
         if self._marks is not None and not memory.marks_applied:  # attempts the last process did not store
-            apply_marks(memory.store, read_marks(self._marks))
+            marks = read_marks(self._marks)
+            stop_left_running(marks)  # a child of the last process still running: before its job runs again
+            apply_marks(memory.store, marks)
             memory.marks_applied = True
         core = self.core = SchedulerCore(memory.store, time.time, settings.max_retries)
         core.completed, core.failed, core.cancelled = memory.counts

@@ -111,7 +111,7 @@ class WorkerActor(SupervisedActor):
             self._mark(job)  # it could take the process down: mark its start first
             return run_python(script, job.arguments, progress)  # cancelled by its own checks only
         try:
-            execution = self._execution(script, job.arguments, progress)
+            execution = self._execution(script, job, progress)
         except ImportError as e:  # only a missing optional extra gets here
             error = f"script {script.id!r}: {e.name or e} is not installed (pip install 'actor-runtime[postgres]')"
             return ExecutionResult("failed", error=error, extra=NOT_RETRYABLE)
@@ -124,16 +124,19 @@ class WorkerActor(SupervisedActor):
             self.context.directory.tell("stats", PoolFigures(self.pools.figures()))
         return result
 
-    def _mark(self, job: RunJob) -> None:
+    def _mark(self, job: RunJob, pid: int | None = None) -> None:
         if self._marker is not None:
             try:
-                self._marker.note(job.job_id, job.attempt)
+                self._marker.note(job.job_id, job.attempt, pid)
             except StoreError as e:  # defensive (a closed marker, an odd id): run it, unmarked
                 logger.error("job %s runs without its start mark: %s", job.job_id, e)
 
-    def _execution(self, script: Script, arguments: dict[str, Any], progress: Any) -> _Execution:
+    def _execution(self, script: Script, job: RunJob, progress: Any) -> _Execution:
+        arguments = job.arguments
         if script.kind == "command":
-            return CommandExecution(script, arguments, on_progress=progress)
+            # Its child outlives this process if it is killed: marked, the next start stops it.
+            on_start = None if self._marker is None else lambda pid: self._mark(job, pid)
+            return CommandExecution(script, arguments, on_progress=progress, on_start=on_start)
         if script.kind == "http":
             return HttpExecution(script, arguments, self.pools.http, on_progress=progress)
         if script.kind == "sql":

@@ -97,6 +97,7 @@ class CommandExecution:
         timeout: seconds before the group is killed (default: ``script.timeout``).
         output_cap: bytes kept per stream.
         clock: monotonic seconds, for ``duration`` (timeouts use real time).
+        on_start: called with the child's pid once it has started (the worker marks it).
 
     Raises:
         ValueError: the script is not a ``command`` script.
@@ -104,12 +105,14 @@ class CommandExecution:
 
     def __init__(self, script: Script, arguments: Mapping[str, Any], *, on_progress: ProgressCallback | None = None,
                  timeout: float | None = None, output_cap: int = DEFAULT_OUTPUT_CAP,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_start: Callable[[int], None] | None = None) -> None:
         if script.kind != "command" or not script.command:
             raise ValueError(f"script {script.id!r}: CommandExecution needs a command script, got kind {script.kind!r}")
         self.script = script
         self._arguments = dict(arguments)
         self._on_progress = on_progress
+        self._on_start = on_start
         self._timeout = script.timeout if timeout is None else timeout
         self._clock = clock
         self._stdout = OutputCapture(output_cap)
@@ -179,6 +182,8 @@ class CommandExecution:
         for fd in (stdin_read, stdout_write, stderr_write):  # the child's ends: only it may hold them now
             fds.close(fd)
         try:
+            if self._on_start is not None:
+                self._on_start(proc.pid)
             outcome = self._supervise(proc, fds, stdin, stdout, stderr, wake, payload)
         except BaseException:
             # A bug, or an interrupt from a callback: do not leave the group running.

@@ -22,9 +22,14 @@ At start-up, before anything runs, :func:`apply_marks` records in the store the
 attempts that marks say started and the store does not know of; the store's recovery
 then treats them as interrupted.
 
+A ``command`` attempt's mark is written again once its child has started, with the
+child's pid and start time: a child is left running when the process that started it
+is killed, and the next start kills it (:func:`stop_left_running`) before its job runs
+again, rather than let the two run side by side.
+
 Layout: ``<job store folder>/starts/<worker name>.start``, one line
-``<job id> <attempt> <unix time> <crc32 of the rest, hex>``, overwritten in place by the
-next start.
+``<job id> <attempt> <unix time> [<pid>:<start time in clock ticks>] <crc32 of the rest,
+hex>``, overwritten in place by the next start.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import signal
 import time
 import zlib
 from dataclasses import dataclass
@@ -40,7 +46,8 @@ from pathlib import Path
 from runtime.errors import StoreError
 from runtime.store import INTERRUPTED_ERROR, JobState, JobStore
 
-__all__ = ["StartMark", "StartMarker", "apply_marks", "marks_folder", "read_marks"]
+__all__ = ["StartMark", "StartMarker", "apply_marks", "marks_folder", "process_started", "read_marks",
+           "stop_left_running"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,16 +63,30 @@ def marks_folder(store_folder: Path) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class StartMark:
-    """Attempt ``attempt`` of job ``job_id`` started at ``at`` (unix time)."""
+    """Attempt ``attempt`` of job ``job_id`` started at ``at`` (unix time); ``process``:
+    the child it started, as ``(pid, start time in clock ticks after boot)``."""
 
     job_id: str
     attempt: int
     at: float
+    process: tuple[int, int] | None = None
 
 
-def _line(job_id: str, attempt: int, at: float) -> bytes:
-    body = f"{job_id} {attempt} {at:.6f}"
+def _line(job_id: str, attempt: int, at: float, process: tuple[int, int] | None = None) -> bytes:
+    body = f"{job_id} {attempt} {at:.6f}" + (f" {process[0]}:{process[1]}" if process else "")
     return f"{body} {zlib.crc32(body.encode()):08x}\n".encode()
+
+
+def process_started(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks after boot (``/proc/<pid>/stat``,
+    field 22): with its pid, what tells it from a later process given the same pid.
+    ``None``: no such process (or no ``/proc``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+        return int(data.rsplit(b")", 1)[1].split()[19])  # the fields after the command's name
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def filesystem_of(path: Path, mounts: str | None = None) -> str:
@@ -123,9 +144,12 @@ class StartMarker:
             self.close()
             raise StoreError(f"cannot open the start mark {self.path}: {e.strerror or e}") from None
 
-    def note(self, job_id: str, attempt: int) -> None:
-        """Mark the start; durable against the process being killed once this returns."""
-        line = _line(job_id, attempt, time.time())
+    def note(self, job_id: str, attempt: int, pid: int | None = None) -> None:
+        """Mark the start; durable against the process being killed once this returns.
+        With ``pid``, the attempt's child process, for the next start to stop it if this
+        process is killed meanwhile (see :func:`stop_left_running`)."""
+        started = None if pid is None else process_started(pid)
+        line = _line(job_id, attempt, time.time(), None if started is None or pid is None else (pid, started))
         if len(line) > _SLOT:
             raise StoreError(f"start mark {self.path}: job id {job_id[:40]!r}... is too long for its slot")
         data = line.ljust(_SLOT)
@@ -161,13 +185,44 @@ def read_marks(folder: Path) -> list[StartMark]:
         if not text:
             continue
         try:
-            job_id, attempt, at, crc = text.split()
-            if int(crc, 16) != zlib.crc32(f"{job_id} {attempt} {at}".encode()):
-                raise ValueError("CRC mismatch")
-            marks.append(StartMark(job_id, int(attempt), float(at)))
+            *fields, crc = text.split()
+            if len(fields) not in (3, 4) or int(crc, 16) != zlib.crc32(" ".join(fields).encode()):
+                raise ValueError("not a mark, or a CRC mismatch")
+            process = None
+            if len(fields) == 4:
+                pid, started = fields[3].split(":")
+                process = (int(pid), int(started))
+            marks.append(StartMark(fields[0], int(fields[1]), float(fields[2]), process))
         except ValueError:
             logger.warning("start mark %s holds no whole mark, skipped: %r", path, text[:_SLOT])
     return marks
+
+
+def stop_left_running(marks: list[StartMark]) -> list[str]:
+    """Kill the process groups of the children that ``marks`` name and that still run:
+    a child of a process that was killed (SIGKILL, the OOM killer) is left running, out
+    of reach of its timeout, and the job it belongs to runs again as a new attempt.
+    Each is recognised by its pid and its start time, never a later process given the
+    same pid. (Python hosts end by themselves when their worker's thread ends.)
+
+    Returns:
+        the ids of the jobs whose child was stopped.
+    """
+    stopped = []
+    for mark in marks:
+        if mark.process is None:
+            continue
+        pid, started = mark.process
+        if process_started(pid) != started:
+            continue  # it ended (and was reaped), or the pid now names another process
+        try:
+            os.killpg(pid, signal.SIGKILL)  # the child leads its own group: its pid is the group's id
+        except (ProcessLookupError, PermissionError):
+            continue
+        logger.warning("job %s: killed the process group %d of attempt %d, left running when the "
+                       "process that ran it ended; the job runs again", mark.job_id, pid, mark.attempt)
+        stopped.append(mark.job_id)
+    return stopped
 
 
 def apply_marks(store: JobStore, marks: list[StartMark]) -> list[str]:

@@ -571,6 +571,48 @@ def test_jobs_survive_sigkill_of_the_runtime_process(start_runtime: Callable[...
     assert sorted(helpers.CALLS, key=int) == [str(n) for n in range(300)]
 
 
+COMMAND_KILLED_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    from runtime import Runtime
+    rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=1,
+                       watcher="polling", poll_interval=10**6)
+    job = rt.submit("sleeper", callback=lambda job, fraction, pid: print(job, pid, flush=True))
+    sys.stdin.read()  # wait to be killed
+""")
+
+
+def test_a_command_left_running_by_a_killed_runtime_is_stopped_before_its_job_runs_again(
+    start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path
+) -> None:
+    store_dir = tmp_path / "jobs"
+    code = COMMAND_KILLED_CHILD.format(root=str(ROOT), registry=str(registry), store=str(store_dir))
+    child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        job, pid = child.stdout.readline().split()  # the command runs and has reported its pid
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    orphan = int(pid)
+    try:
+        assert not gone(orphan)  # SIGKILL leaves the child running, out of reach of its timeout
+        rt = start_runtime(registry, job_storage_path=store_dir, **quiet())
+        wait_until(lambda: gone(orphan), message="the command left running was not stopped")
+        progress = wait_until(lambda: rt.status(job)["progress"], message="the job did not run again")
+        again = int(progress["message"])
+        assert again != orphan and not gone(again)  # one run of it at a time
+        assert [a["status"] for a in rt.status(job)["attempts"]] == ["interrupted", "running"]
+        assert rt.cancel(job)
+        wait_until(lambda: gone(again), message="the new attempt's command was not stopped by the cancel")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(orphan, signal.SIGKILL)
+
+
 def _stored_ids(store_dir: Path) -> set[str]:
     store = SqliteStore(store_dir)
     try:
@@ -1415,7 +1457,7 @@ def test_a_start_mark_that_cannot_be_made_does_not_stop_jobs(
     start_runtime: Callable[..., Runtime], registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture
 ) -> None:
-    def broken(self: StartMarker, job_id: str, attempt: int) -> None:
+    def broken(self: StartMarker, job_id: str, attempt: int, pid: int | None = None) -> None:
         raise StoreError(f"cannot write the start mark {self.path}: No space left on device")
 
     monkeypatch.setattr(StartMarker, "note", broken)

@@ -3,13 +3,16 @@ records the attempts that the store had not stored yet."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import zlib
 from pathlib import Path
 
 import pytest
 
 from runtime.errors import StoreError
-from runtime.start_marks import StartMark, StartMarker, apply_marks, filesystem_of, marks_folder, read_marks
+from runtime.start_marks import (StartMark, StartMarker, apply_marks, filesystem_of, marks_folder, process_started,
+                                 read_marks, stop_left_running)
 from runtime.store import INTERRUPTED_ERROR, JobRecord, JobState, SqliteStore, recover
 
 
@@ -46,6 +49,38 @@ def test_missing_empty_and_damaged_marks_are_skipped(tmp_path: Path, caplog: pyt
     assert read_marks(folder) == [StartMark("abc", 2, 1700000000.5)]
     assert "worker-1.start holds no whole mark" in caplog.text and "worker-2.start unreadable" in caplog.text
     assert "worker-4.start holds no whole mark" in caplog.text
+
+
+def test_a_child_left_running_is_killed_by_its_mark_and_no_other_process_is(tmp_path: Path) -> None:
+    folder = marks_folder(tmp_path)
+    child = subprocess.Popen(["sleep", "60"], process_group=0)  # as CommandExecution starts one
+    bystander = subprocess.Popen(["sleep", "60"], process_group=0)
+    marker = StartMarker(folder, "worker-0")
+    try:
+        marker.note("a" * 32, 2, child.pid)
+        (mark,) = read_marks(folder)
+        assert mark.process == (child.pid, process_started(child.pid)) and mark.attempt == 2
+        # A mark whose pid names a process started at another time (the pid was given again).
+        started = process_started(bystander.pid)
+        assert started is not None
+        stale = StartMark("b" * 32, 1, 0.0, (bystander.pid, started - 1))
+        gone = StartMark("c" * 32, 1, 0.0, (2**22 + 7, 1))  # no such process
+        assert stop_left_running([mark, stale, gone, StartMark("d" * 32, 1, 0.0)]) == ["a" * 32]
+        assert child.wait(10) == -signal.SIGKILL
+        assert bystander.poll() is None
+    finally:
+        marker.close()
+        for proc in (child, bystander):
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_mark_written_before_children_were_marked_still_reads(tmp_path: Path) -> None:
+    folder = marks_folder(tmp_path)
+    folder.mkdir()
+    body = "a" * 32 + " 3 1700000000.500000"
+    (folder / "worker-0.start").write_bytes(f"{body} {zlib.crc32(body.encode()):08x}\n".encode())
+    assert read_marks(folder) == [StartMark("a" * 32, 3, 1700000000.5, None)]
 
 
 def test_on_a_copy_on_write_filesystem_marks_are_written_not_mapped(tmp_path: Path) -> None:
