@@ -139,8 +139,17 @@ class _ProgressBar:
               file=sys.stderr, flush=True)
 
 
+class _Terminated(Exception):
+    """SIGTERM while ``run`` waits: handled as Ctrl-C is (the job is cancelled)."""
+
+
+def _terminate(_signum: int, _frame: Any) -> None:
+    raise _Terminated
+
+
 def _run(args: argparse.Namespace) -> int:
     bar = _ProgressBar()
+    signal.signal(signal.SIGTERM, _terminate)  # the main thread's wait is interrupted, as by Ctrl-C
     with Runtime.start(args.registry) as rt:
         job_id = rt.submit(args.script, _arguments(rt, args), args.priority, callback=bar)
         try:
@@ -152,12 +161,14 @@ def _run(args: argparse.Namespace) -> int:
                   f"({rt.settings.job_storage_path}) and the next start runs it again", file=sys.stderr)
             rt.stop(drain=0)  # no drain: the attempt is stopped, and the job queued for the next start
             return 3
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, _Terminated) as e:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one while cancelling ends it at once
             bar.on = False
             rt.cancel(job_id)
-            print(f"\njob {job_id} cancelled (interrupted)", file=sys.stderr)
+            terminated = isinstance(e, _Terminated)
+            print(f"\njob {job_id} cancelled ({'terminated' if terminated else 'interrupted'})", file=sys.stderr)
             rt.stop(drain=0)
-            return 130
+            return 143 if terminated else 130
         print(file=sys.stderr)
         result = final.get("result") or {}
         if result.get("stdout"):

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from runtime.store import JobState, SqliteStore
+
 ROOT = Path(__file__).parent.parent
 EXAMPLES = str(ROOT / "examples" / "registry.json")
 
@@ -111,7 +115,10 @@ def test_run_gives_up_waiting_at_its_timeout_and_leaves_the_job_to_the_next_star
     assert job.state.value == "queued" and job.attempts[0]["status"] == "stopped"  # the next start runs it
 
 
-def test_ctrl_c_during_run_cancels_the_job_and_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGINT, 130, "interrupted"),
+                                                    (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_during_run_cancels_the_job_and_says_so(tmp_path: Path, sig: signal.Signals, code: int,
+                                                                  word: str) -> None:
     registry = _slow_registry(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run.py"), "run", "slow", "--registry", str(registry)],
@@ -123,13 +130,19 @@ def test_ctrl_c_during_run_cancels_the_job_and_says_so(tmp_path: Path) -> None:
         queued = proc.stderr.readline()
         assert queued.startswith("job ") and queued.endswith(" queued\n")
         job = queued.split()[1]
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode == 130, err
-    assert f"job {job} cancelled (interrupted)" in err
+    assert proc.returncode == code, err
+    assert f"job {job} cancelled ({word})" in err
     assert "Traceback" not in err
+    store = SqliteStore(tmp_path / "jobs")  # cancelled for good: the next start has nothing of it to run
+    try:
+        record = store.get(job)
+        assert record is not None and record.state is JobState.CANCELLED
+    finally:
+        store.close()
 
 
 def test_run_never_echoes_an_argument_value_it_refuses_nor_waits_an_impossible_time(tmp_path: Path) -> None:
