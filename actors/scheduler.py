@@ -703,7 +703,7 @@ class SchedulerActor(SupervisedActor):
                     freed = True
                     continue
                 if not self._tell_worker(start.worker, RunJob(start.record.id, start.attempt, script,
-                                                              start.record.arguments, start.cancel)):
+                                                              start.record.arguments, start.cancel, self.actor_ref)):
                     self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
                     core.worker_lost(start.worker)
                     continue

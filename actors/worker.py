@@ -92,16 +92,20 @@ class WorkerActor(SupervisedActor):
         return WorkerReady(self.name, self.actor_urn, self.actor_ref)
 
     def _run(self, job: RunJob) -> None:
-        directory = self.context.directory
+        def report(message: JobProgress | JobFinished) -> None:
+            # To the instance that sent the job (it may not be in the directory yet); if it
+            # is gone, to its successor, which also asks for the last report when it starts.
+            if not tell_ref(job.reply_to, message):
+                self.context.directory.tell("scheduler", message)
 
         def progress(fraction: float, message: str) -> None:
-            directory.tell("scheduler", JobProgress(job.job_id, job.attempt, fraction, message))
+            report(JobProgress(job.job_id, job.attempt, fraction, message))
 
         script = job.script
         logger.debug("worker %s runs job %s attempt %d (%s)", self.name, job.job_id, job.attempt, script.id)
         result = self._attempt(job, progress)
         self._last_report = JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn)
-        directory.tell("scheduler", self._last_report)
+        report(self._last_report)
 
     def _attempt(self, job: RunJob, progress: Any) -> ExecutionResult:
         script = job.script

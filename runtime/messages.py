@@ -202,6 +202,8 @@ class RunJob:
         script: the registry entry, as validated at submission.
         arguments: validated arguments (JSON values).
         cancel: where the worker attaches the attempt's stop (see ``CancelSlot``).
+        reply_to: the scheduler instance that sent it, where the reports go: one that
+            has just started may not be in the directory yet (``None``: the directory's).
     """
 
     job_id: str
@@ -209,6 +211,7 @@ class RunJob:
     script: Any
     arguments: dict[str, Any]
     cancel: CancelSlot
+    reply_to: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -724,6 +724,26 @@ def test_a_runtime_that_fails_to_start_keeps_the_journal_the_last_process_left(
     journal.close()
 
 
+def test_reports_go_to_the_scheduler_that_sent_the_job_even_before_it_is_in_the_directory(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # A new instance dispatches as soon as its workers answer, maybe before the supervisor
+    # has put it in the directory: a report sent there would be dropped, the job left running.
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    job = rt.submit("block_then_report", {"name": "d"})
+    assert helpers.started("d").wait(5)
+    done: list[dict[str, Any]] = []
+    rt.when_done(job, done.append)
+    scheduler = rt.ref("scheduler")
+    rt.directory.set("scheduler", None)  # as between its start and the supervisor's set()
+    try:
+        helpers.release("d")
+        wait_until(lambda: done, message="the report did not reach the scheduler that sent the job")
+    finally:
+        rt.directory.set("scheduler", scheduler)
+    assert done[0]["status"] == "succeeded" and done[0]["progress"]["message"] == "d released"
+
+
 def test_a_scheduler_that_fails_to_start_leaves_replayed_callbacks_to_the_next(
     start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
