@@ -151,6 +151,7 @@ class SqlExecution:
         self._connection: Any = None  # the connection while the query runs on it
         self._pool: PostgresPool | None = None
         self._query_over = threading.Event()
+        self._abandon = threading.Event()  # set by cancel(): a wait in the pool's line gives up
 
     def cancel(self) -> None:
         """From any thread: end :meth:`run` with ``cancelled``, interrupting a running query."""
@@ -159,6 +160,10 @@ class SqlExecution:
                 return
             self._cancelled = True
             running = self._connection is not None
+        self._abandon.set()
+        pool = self._pool  # read after the set: a checkout starting later sees the set event itself
+        if pool is not None and not running:  # maybe waiting in the pool's line: wake it to give up
+            pool.abandon_wait(self._abandon)
         if running:  # the caller may be the scheduler's thread: the request goes from a thread of its own
             threading.Thread(target=self._keep_cancelling, daemon=True, name=f"sql-cancel-{self.script.id}").start()
 
@@ -212,9 +217,7 @@ class SqlExecution:
         """A pooled connection, entered on ``stack`` so that it goes back however the run ends.
 
         Waits for the pool's ``acquire_timeout`` or the rest of the deadline, whichever
-        is shorter, in one wait: a cancel meanwhile is seen when the connection comes
-        (the pool's wait cannot be interrupted, and waiting in slices would count a
-        timeout in the pool's figures per slice).
+        is shorter, in one wait, which a cancel ends at once.
 
         Raises:
             PoolTimeout: none came free before the deadline (the attempt timed out).
@@ -225,11 +228,14 @@ class SqlExecution:
         remaining = max(0.0, deadline - time.monotonic())
         limit = pool.acquire_timeout
         try:
-            connection = stack.enter_context(pool.connection(timeout=min(limit, remaining)))
+            connection = stack.enter_context(pool.connection(timeout=min(limit, remaining), abandon=self._abandon))
         except PoolTimeout as e:
             if remaining <= limit:
                 raise
             raise PoolError(str(e)) from e
+        except PoolError:
+            self._checkpoint()  # an abandoned wait: cancelled
+            raise
         self._checkpoint()
         return connection
 

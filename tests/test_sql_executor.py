@@ -197,6 +197,20 @@ def test_a_busy_pool_fails_after_its_own_wait_or_times_out_at_the_deadline(pools
     assert _run(_script("SELECT 1 AS one", pool="tiny"), pools).extra["rows"] == [{"one": 1}]
 
 
+def test_a_cancel_ends_a_wait_for_a_busy_pools_connection_at_once(pools: ConnectionPools) -> None:
+    slow = pools.init_postgres_pool(**TARGET, name="slow", minconn=0, maxconn=1, acquire_timeout=30)
+    with slow.connection():  # the pool's only connection, held
+        execution = SqlExecution(_script("SELECT 1", pool="slow", timeout=60), {}, pools)
+        runner, results = _in_thread(execution)
+        wait_until(lambda: slow.figures()["waiting"] == 1, message="the run is not waiting in the pool's line")
+        execution.cancel()
+        runner.join(5)  # not the 30 s of the pool's wait
+        assert not runner.is_alive()
+        assert results[0].status == "cancelled"
+        assert slow.figures()["waiting"] == 0 and slow.figures()["timeouts"] == 0
+    assert _run(_script("SELECT 1 AS one", pool="slow"), pools).extra["rows"] == [{"one": 1}]
+
+
 def test_a_missing_pool_is_a_clear_failure_worth_a_retry(pools: ConnectionPools) -> None:
     result = _run(_script("SELECT 1", pool="reports"), pools)
     assert result.status == "failed" and "retryable" not in result.extra  # the pool may exist by the retry

@@ -58,6 +58,7 @@ class _Ticket:
     wakeup: threading.Condition
     granted: bool = False
     entry: _Idle | None = None  # None when granted: a freed slot to open a connection in
+    abandon: threading.Event | None = None  # set (then ``wake``): the checkout gives up its place
 
 
 @dataclass(slots=True)
@@ -165,7 +166,8 @@ class PostgresPool:
     # -- the public interface --------------------------------------------------
 
     @contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[psycopg2.extensions.connection]:
+    def connection(self, timeout: float | None = None,
+                   abandon: threading.Event | None = None) -> Iterator[psycopg2.extensions.connection]:
         """Borrow a healthy connection for the ``with`` block.
 
         On leaving the block (normally or by an exception) the connection's open
@@ -176,15 +178,18 @@ class PostgresPool:
         Args:
             timeout: seconds to wait when all ``maxconn`` connections are in use;
                 None for the pool's ``acquire_timeout``.
+            abandon: once set, and :meth:`abandon_wait` called with it, a checkout
+                still waiting in line gives up (a cancelled job's).
 
         Raises:
             PoolTimeout: every connection stayed in use for ``timeout`` seconds.
-            PoolError: the pool is closed, or a new connection cannot be opened.
+            PoolError: the pool is closed, a new connection cannot be opened, or the
+                wait was abandoned.
         """
         wait = self._acquire_timeout if timeout is None else timeout
         if isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0:
             raise ConfigError(f"database pool {self.name!r}: timeout must be >= 0 seconds, not {timeout!r}")
-        conn = self._checkout(float(wait))
+        conn = self._checkout(float(wait), abandon)
         try:
             yield conn
         finally:
@@ -274,11 +279,18 @@ class PostgresPool:
             self.close()
             raise
 
-    def _checkout(self, timeout: float) -> Any:
+    def abandon_wait(self, abandon: threading.Event) -> None:
+        """Wake the checkout waiting in line with ``abandon`` (set it first): it gives up."""
+        with self._lock:
+            for ticket in self._line:
+                if ticket.abandon is abandon:
+                    ticket.wakeup.notify()
+
+    def _checkout(self, timeout: float, abandon: threading.Event | None = None) -> Any:
         deadline = time.monotonic() + timeout
         waited: list[float] = []
         try:
-            entry = self._take(deadline, timeout, waited)
+            entry = self._take(deadline, timeout, waited, abandon)
         finally:
             if waited:
                 with self._lock:
@@ -297,7 +309,8 @@ class PostgresPool:
             self._counts.checkouts += 1
         return conn
 
-    def _take(self, deadline: float, timeout: float, waited: list[float]) -> _Idle | None:
+    def _take(self, deadline: float, timeout: float, waited: list[float],
+              abandon: threading.Event | None = None) -> _Idle | None:
         """An idle connection, or None after reserving a slot for a new one.
 
         Waits in line when every connection is in use (or others already wait),
@@ -312,7 +325,7 @@ class PostgresPool:
                 if self._size < self._maxconn:
                     self._size += 1
                     return None
-            ticket = _Ticket(threading.Condition(self._lock))
+            ticket = _Ticket(threading.Condition(self._lock), abandon=abandon)
             self._line.append(ticket)
             started = time.monotonic()
             try:
@@ -325,6 +338,8 @@ class PostgresPool:
                     if remaining <= 0:
                         self._counts.timeouts += 1
                         raise PoolTimeout(self._timeout_message(timeout))
+                    if abandon is not None and abandon.is_set():  # checked under the lock abandon_wait takes
+                        raise PoolError(f"database pool {self.name!r}: the wait for a connection was abandoned")
                     ticket.wakeup.wait(remaining)
                 return ticket.entry
             finally:
