@@ -155,6 +155,8 @@ class SqlExecution:
 
     def cancel(self) -> None:
         """From any thread: end :meth:`run` with ``cancelled``, interrupting a running query."""
+        if self._cancelled:  # set once, never unset: no need for the lock, which a cancel request
+            return  # being sent holds for up to its connect timeout
         with self._lock:
             if self._cancelled:
                 return
