@@ -12,8 +12,8 @@ from typing import Any
 
 from runtime.callbacks import CallbackRunner
 from runtime.clock import SystemClock, TimerHandle
-from runtime.errors import ActorRuntimeError
-from runtime.executors import NOT_RETRYABLE
+from runtime.errors import ActorRuntimeError, InvalidArguments
+from runtime.executors import NOT_RETRYABLE, validate_arguments
 from runtime.messages import (
     AcceptJobs,
     ChildDown,
@@ -143,9 +143,8 @@ class SchedulerActor(SupervisedActor):
         # timer for the earliest: a timer per attempt would cost the timer thread a
         # wake-up per job, while a deadline is almost never reached.
         self._deadlines: dict[str, tuple[float, int]] = {}
-        # Cancelled attempts whose worker is busy until they return (a python function on
-        # its thread cannot be stopped): job id -> (worker, attempt). Their deadline stays.
-        self._cancelled_busy: dict[str, tuple[str, int]] = {}
+        self._cancelled_busy = self.memory.cancelled_busy
+        self._checked_with = self.memory.checked_with
         self._deadline_timer: TimerHandle | None = None
         self._deadline_due = 0.0
         self._failed = False
@@ -222,6 +221,11 @@ class SchedulerActor(SupervisedActor):
             self._ended(job_id, None)  # finished while no scheduler was listening
         self._flush()  # and their waiters run now, not with the next message (workers may all be busy)
         memory.running = {}  # taken over (a failure before this leaves them to the next instance)
+        for job_id, (worker, _urn, attempt, due) in self._cancelled_busy.items():  # still watched
+            core.still_busy(worker)
+            self._deadlines[job_id] = (due, attempt)
+        if self._deadlines:
+            self._arm_deadline_timer(min(due for due, _ in self._deadlines.values()))
         for name in self.context.directory.names():
             if name.startswith("worker-"):
                 self.context.directory.tell(name, ReportReady(self.actor_ref))
@@ -321,7 +325,8 @@ class SchedulerActor(SupervisedActor):
         records = []
         for script, arguments in jobs:
             self._remember(script)
-            records.append(new_job(script, arguments, priority, max_retries))
+            records.append(record := new_job(script, arguments, priority, max_retries))
+            self._checked_with[record.id] = script
         self._core().accept(*records)
         ids = [record.id for record in records]
         for job_id in ids:
@@ -339,6 +344,7 @@ class SchedulerActor(SupervisedActor):
         """Queue a job from the submit journal; the next group commit inserts it."""
         assert self._journal is not None  # only a journal delivers these
         self._remember(script)
+        self._checked_with[record.id] = script
         self._core().accept(record)
         self._journalled += 1
         self._keep_callbacks(record.id, *self._journal.accepted(record.id))
@@ -391,7 +397,8 @@ class SchedulerActor(SupervisedActor):
             if run is not None and deadline is not None and core.busy(run.worker):
                 # Until it reports, its worker is still watched: one that never returns is
                 # replaced at the attempt's deadline, as a hung one would be.
-                self._cancelled_busy[job_id] = (run.worker, run.attempt)
+                ref = self._worker_refs.get(run.worker)
+                self._cancelled_busy[job_id] = (run.worker, ref.actor_urn if ref else "", run.attempt, deadline[0])
                 self._deadlines[job_id] = deadline  # the timer armed for it still runs
             self._ended(job_id, record)
             self._dispatch()
@@ -536,7 +543,7 @@ class SchedulerActor(SupervisedActor):
                 return None  # stopped by interrupt(): the teardown queues it for the next start
             if run is not None and run.attempt == message.attempt:
                 self._deadlines.pop(message.job_id, None)
-            elif self._cancelled_busy.get(message.job_id, ("", 0))[1] == message.attempt:
+            elif self._cancelled_busy.get(message.job_id, ("", "", 0, 0.0))[2] == message.attempt:
                 del self._cancelled_busy[message.job_id]  # the cancelled attempt returned after all
                 self._deadlines.pop(message.job_id, None)
             result = message.result
@@ -695,15 +702,23 @@ class SchedulerActor(SupervisedActor):
                 self._flush_quietly()
             freed = False  # a start ended on the spot gives its worker back: pair it again
             for start in starts:
-                script = self._script_now(start.record.script_id)
-                if script is None:
-                    error = f"script {start.record.script_id!r} is no longer in the registry"
-                    self._outcome(start.record.id, core.finished(start.record.id, start.attempt,
-                                                                 {"status": "failed", "error": error, **NOT_RETRYABLE}))
+                record = start.record
+                script = self._script_now(record.script_id)
+                error = None if script is not None else f"script {record.script_id!r} is no longer in the registry"
+                if script is not None and self._checked_with.get(record.id) is not script:
+                    try:  # another version than the one its arguments were checked against
+                        record.arguments = validate_arguments(script, record.arguments)
+                        self._checked_with[record.id] = script
+                    except InvalidArguments as e:  # names the argument and its type, never its value
+                        error = f"{e} (the script changed since the job was submitted)"
+                if error is not None:  # for good: a retry would find the same registry
+                    self._outcome(record.id, core.finished(record.id, start.attempt,
+                                                           {"status": "failed", "error": error, **NOT_RETRYABLE}))
                     freed = True
                     continue
-                if not self._tell_worker(start.worker, RunJob(start.record.id, start.attempt, script,
-                                                              start.record.arguments, start.cancel, self.actor_ref)):
+                assert script is not None
+                if not self._tell_worker(start.worker, RunJob(record.id, start.attempt, script,
+                                                              record.arguments, start.cancel, self.actor_ref)):
                     self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
                     core.worker_lost(start.worker)
                     continue
@@ -784,9 +799,11 @@ class SchedulerActor(SupervisedActor):
         run = core.running.get(job_id)
         if run is None or run.attempt != attempt:
             cancelled = self._cancelled_busy.pop(job_id, None)
-            if cancelled is not None and cancelled[1] == attempt and core.busy(cancelled[0]):
-                self._replace_hung(cancelled[0], job_id, attempt)  # the job itself has ended
-                self._dispatch()
+            if cancelled is not None and cancelled[2] == attempt and core.busy(cancelled[0]):
+                ref = self._worker_refs.get(cancelled[0]) or self.context.directory.get(cancelled[0])
+                if ref is not None and ref.actor_urn == cancelled[1]:  # not an instance that replaced it since
+                    self._replace_hung(cancelled[0], job_id, attempt)  # the job itself has ended
+                    self._dispatch()
             return
         run.cancel.cancel()
         error = self._replace_hung(run.worker, job_id, attempt)
@@ -821,6 +838,7 @@ class SchedulerActor(SupervisedActor):
 
     def _ended(self, job_id: str, record: JobRecord | None) -> None:
         self._progress_callbacks.pop(job_id, None)
+        self._checked_with.pop(job_id, None)
         waiters = self._waiters.pop(job_id, [])
         if waiters:
             status = job_status(record) if record is not None else self.status(job_id)

@@ -203,6 +203,13 @@ class SchedulerMemory:
     marks_applied: bool = False
     #: The scripts of the jobs submitted or recovered, by id (their latest version).
     scripts: dict[str, Script] = field(default_factory=dict)
+    #: Unfinished job -> the version of its script its arguments were checked against:
+    #: a job that starts with another version is checked again.
+    checked_with: dict[str, Script] = field(default_factory=dict)
+    #: Cancelled attempts whose worker is busy until they return (a python function on
+    #: its thread cannot be stopped): job id -> (worker, its instance's urn, attempt,
+    #: the attempt's deadline on the clock's monotonic time). Watched until then.
+    cancelled_busy: dict[str, tuple[str, str, int, float]] = field(default_factory=dict)
     #: Worker instances (urns) that failed or were replaced: a late ``WorkerReady`` of
     #: theirs must not take their name back from the instance that replaced them.
     gone_workers: set[str] = field(default_factory=set)
@@ -354,6 +361,11 @@ class SchedulerCore:
         return len(self.jobs) - len(self.running) - len(self._waiting_retry)
 
     # --- dispatch --------------------------------------------------------------------
+
+    def still_busy(self, worker: str) -> None:
+        """``worker`` still runs a cancelled attempt (known to an earlier instance): it is
+        not idle until it reports."""
+        self._busy_after_cancel.add(worker)
 
     def worker_ready(self, worker: str) -> None:
         """A (new) worker instance is idle."""

@@ -198,6 +198,18 @@ def read_marks(folder: Path) -> list[StartMark]:
     return marks
 
 
+def _boot_time() -> float | None:
+    """When this machine booted (unix time, whole seconds; ``/proc/stat``), or ``None``."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            for line in stat:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def stop_left_running(marks: list[StartMark]) -> list[str]:
     """Kill the process groups of the children that ``marks`` name and that still run:
     a child of a process that was killed (SIGKILL, the OOM killer) is left running, out
@@ -209,9 +221,10 @@ def stop_left_running(marks: list[StartMark]) -> list[str]:
         the ids of the jobs whose child was stopped.
     """
     stopped = []
+    booted = _boot_time()
     for mark in marks:
-        if mark.process is None:
-            continue
+        if mark.process is None or (booted is not None and mark.at < booted - 1):
+            continue  # no child marked, or one of an earlier boot (a pid and start time may recur)
         pid, started = mark.process
         if process_started(pid) != started:
             continue  # it ended (and was reaped), or the pid now names another process

@@ -107,6 +107,12 @@ def flaky(key: str, failures: int) -> dict[str, Any]:
     return {"key": key, "calls": n}
 
 
+def record_extra(token: str, extra: str) -> str:
+    """``record``, for a script version with one more argument."""
+    CALLS.append(f"{token}:{extra}")
+    return token
+
+
 def report(token: str, progress: Any) -> str:
     """Report progress twice, then record ``token``."""
     progress(0.5, f"{token} half")

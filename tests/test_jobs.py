@@ -338,6 +338,32 @@ def test_a_queued_job_runs_its_script_as_the_registry_has_it_when_it_starts(
     assert helpers.CALLS == ["b"]  # not one of the removed script's jobs ran
 
 
+def test_a_job_whose_script_changed_is_checked_again_before_it_starts(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=1, store_factory=MemoryStore, **quiet(watcher="polling",
+                                                                                         poll_interval=0.05))
+    blocker = rt.submit("block", {"name": "v"})
+    assert helpers.started("v").wait(5)
+    refused = rt.submit("echo", {"text": "hi"})  # its new version wants an integer text and a language
+    fitted = rt.submit("report", {"token": "t"})  # its new version adds an optional argument with a default
+    echo = {"id": "echo", "command": [PY, "-c", "print(1)"], "timeout": 10,
+            "arguments": {"text": {"type": "integer", "required": True}, "lang": STR}}
+    report = {**next(s for s in SCRIPTS if s["id"] == "report"), "callable": "tests.jobs_helpers:record_extra",
+              "arguments": {"token": STR, "extra": {"type": "string", "default": "d"}}}
+    write_registry(registry, [s for s in SCRIPTS if s["id"] not in ("echo", "report")] + [echo, report])
+    wait_until(lambda: "lang" in rt.script("echo").arguments and "extra" in rt.script("report").arguments,
+               message="the edit was not seen")
+    helpers.release("v")
+    assert rt.wait_job(blocker, timeout=5)["status"] == "succeeded"
+    final = rt.wait_job(refused, timeout=5)
+    assert final["status"] == "failed" and len(final["attempts"]) == 1
+    assert final["error"].startswith("script 'echo': unknown argument(s) count") and "changed since" in final["error"]
+    assert "hi" not in final["error"]
+    assert rt.wait_job(fitted, timeout=5)["status"] == "succeeded"
+    assert helpers.CALLS == ["v", "t:d"]  # given the new default, as a submit now would be
+
+
 def _raises(call: Callable[[], Any], error: type[BaseException]) -> bool:
     try:
         call()
@@ -1041,6 +1067,35 @@ def test_a_cancelled_python_job_that_never_returns_still_gets_its_worker_replace
     helpers.release("c")
     wait_until(lambda: not old.is_alive(), message="the abandoned worker did not stop once released")
     assert rt.status(job)["status"] == "cancelled"  # its late report changed nothing
+
+
+def test_a_cancelled_python_job_that_never_returns_is_still_watched_after_a_scheduler_restart(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    clock = ManualClock()
+    rt = start_runtime(registry, clock=clock, job_concurrency=1, backoff_min=0.5, backoff_max=0.5,
+                       store_factory=MemoryStore, **quiet())
+    old = rt.ref("worker-0")
+    job = rt.submit("hang_once", {"name": "s"})
+    assert helpers.started("s").wait(5)
+    deadline = 1.0 + HANG_GRACE
+    wait_until(lambda: soon(clock) == [deadline], message="no hang deadline armed")
+    assert rt.cancel(job)
+    scheduler = inject_fault(rt, "scheduler")
+    wait_until(lambda: [d for d in soon(clock) if d <= 0.5], message="no scheduler restart scheduled")
+    clock.advance(0.5)
+    wait_until(lambda: replaced(rt, "scheduler", scheduler), message="scheduler not restarted")
+    behind = rt.submit("record", {"token": "behind"})
+    wait_until(lambda: sorted(soon(clock)) == [deadline - 0.5], message="the new instance does not watch it")
+    assert status_of(rt, behind) == "queued"  # its only worker is still busy
+    clock.advance(deadline - 0.5)
+    wait_until(lambda: rt.directory.get("worker-0") is None, message="the stuck worker was not taken out")
+    wait_until(lambda: soon(clock), message="no worker restart scheduled")
+    clock.advance(0.5)
+    wait_until(lambda: replaced(rt, "worker-0", old.actor_urn), message="worker-0 not replaced")
+    assert rt.wait_job(behind, timeout=5)["status"] == "succeeded"
+    helpers.release("s")
+    wait_until(lambda: not old.is_alive(), message="the abandoned worker did not stop once released")
 
 
 def test_a_cancelled_python_job_that_returns_frees_its_worker_and_leaves_no_deadline(

@@ -63,9 +63,11 @@ def test_a_child_left_running_is_killed_by_its_mark_and_no_other_process_is(tmp_
         # A mark whose pid names a process started at another time (the pid was given again).
         started = process_started(bystander.pid)
         assert started is not None
-        stale = StartMark("b" * 32, 1, 0.0, (bystander.pid, started - 1))
-        gone = StartMark("c" * 32, 1, 0.0, (2**22 + 7, 1))  # no such process
-        assert stop_left_running([mark, stale, gone, StartMark("d" * 32, 1, 0.0)]) == ["a" * 32]
+        stale = StartMark("b" * 32, 1, mark.at, (bystander.pid, started - 1))
+        gone = StartMark("c" * 32, 1, mark.at, (2**22 + 7, 1))  # no such process
+        # The bystander's own pid and start time, but marked before this boot: pids recur.
+        earlier_boot = StartMark("e" * 32, 1, 1_000_000_000.0, (bystander.pid, started))
+        assert stop_left_running([mark, stale, gone, earlier_boot, StartMark("d" * 32, 1, mark.at)]) == ["a" * 32]
         assert child.wait(10) == -signal.SIGKILL
         assert bystander.poll() is None
     finally:
