@@ -149,12 +149,17 @@ def _terminate(_signum: int, _frame: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     bar = _ProgressBar()
-    signal.signal(signal.SIGTERM, _terminate)  # the main thread's wait is interrupted, as by Ctrl-C
     with Runtime.start(args.registry) as rt:
         job_id = rt.submit(args.script, _arguments(rt, args), args.priority, callback=bar)
+        # While it waits for its job, SIGTERM is handled as Ctrl-C is (before, it ends the process
+        # as it always does, and a job already submitted stays queued for the next start).
+        default = signal.signal(signal.SIGTERM, _terminate)
         try:
-            print(f"job {job_id} queued", file=sys.stderr, flush=True)
-            final = rt.wait_job(job_id, args.timeout)
+            try:
+                print(f"job {job_id} queued", file=sys.stderr, flush=True)
+                final = rt.wait_job(job_id, args.timeout)
+            finally:
+                signal.signal(signal.SIGTERM, default)
         except TimeoutError:
             bar.on = False
             print(f"\njob {job_id} still running after {args.timeout:g} s: stopped; it stays in the store "
@@ -162,7 +167,6 @@ def _run(args: argparse.Namespace) -> int:
             rt.stop(drain=0)  # no drain: the attempt is stopped, and the job queued for the next start
             return 3
         except (KeyboardInterrupt, _Terminated) as e:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second one while cancelling ends it at once
             bar.on = False
             rt.cancel(job_id)
             terminated = isinstance(e, _Terminated)
