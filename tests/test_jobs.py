@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import pykka
 import pytest
@@ -39,6 +39,7 @@ from runtime.testing import inject_fault, process_gone, replaced, wait_until, wr
 from tests import jobs_helpers as helpers
 
 PY = sys.executable
+T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 # A command that starts a grandchild `sleep 60`, reports its pid, then sleeps itself.
@@ -314,19 +315,27 @@ def test_a_job_id_of_another_type_is_a_clear_error_and_crashes_nothing(start_run
     assert rt.stats_snapshot()["restarts"] == 0
 
 
+def _one_worker_blocked(start_runtime: Callable[..., Runtime], registry: Path, name: str) -> tuple[Runtime, str]:
+    """A runtime that sees registry edits within 50 ms, its only worker held by job ``block``
+    ``name`` (released with ``helpers.release(name)``): what is submitted now waits."""
+    rt = start_runtime(registry, job_concurrency=1, store_factory=MemoryStore,
+                       **quiet(watcher="polling", poll_interval=0.05))
+    blocker = rt.submit("block", {"name": name})
+    assert helpers.started(name).wait(5)
+    return rt, blocker
+
+
 def test_a_queued_job_runs_its_script_as_the_registry_has_it_when_it_starts(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
     # Removed before it starts: it fails, and none of the removed script runs. Every job of
     # the removed script ends at once, and the job behind them still gets the free worker.
-    rt = start_runtime(registry, job_concurrency=1, store_factory=MemoryStore, **quiet(watcher="polling",
-                                                                                         poll_interval=0.05))
-    blocker = rt.submit("block", {"name": "b"})
-    assert helpers.started("b").wait(5)
+    rt, blocker = _one_worker_blocked(start_runtime, registry, "b")
     removed = [rt.submit("record", {"token": f"removed-{i}"}) for i in range(5)]
     changed = rt.submit("echo", {"text": "hi"})
-    write_registry(registry, [s for s in SCRIPTS if s["id"] not in ("record", "echo")] + [  # echo prints twice
-        {**next(s for s in SCRIPTS if s["id"] == "echo"), "command": [PY, "-c", "import sys; t = sys.stdin.read(); print(t); print(t)"]}])
+    echo_twice = [PY, "-c", "import sys; t = sys.stdin.read(); print(t); print(t)"]
+    write_registry(registry, [s for s in SCRIPTS if s["id"] not in ("record", "echo")]
+                   + [{**next(s for s in SCRIPTS if s["id"] == "echo"), "command": echo_twice}])
     wait_until(lambda: _raises(lambda: rt.script("record"), ScriptNotFound), message="the edit was not seen")
     helpers.release("b")
     assert rt.wait_job(blocker, timeout=5)["status"] == "succeeded"
@@ -341,10 +350,7 @@ def test_a_queued_job_runs_its_script_as_the_registry_has_it_when_it_starts(
 def test_a_job_whose_script_changed_is_checked_again_before_it_starts(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
-    rt = start_runtime(registry, job_concurrency=1, store_factory=MemoryStore, **quiet(watcher="polling",
-                                                                                         poll_interval=0.05))
-    blocker = rt.submit("block", {"name": "v"})
-    assert helpers.started("v").wait(5)
+    rt, blocker = _one_worker_blocked(start_runtime, registry, "v")
     refused = rt.submit("echo", {"text": "hi"})  # its new version wants an integer text and a language
     fitted = rt.submit("report", {"token": "t"})  # its new version adds an optional argument with a default
     echo = {"id": "echo", "command": [PY, "-c", "print(1)"], "timeout": 10,
@@ -551,29 +557,39 @@ KILLED_CHILD = textwrap.dedent("""
 """)
 
 
+def _sigkill_once(code: str, until: Callable[[IO[str]], T], **popen: Any) -> T:
+    """Run ``code`` in a child Python; once ``until(its stdout)`` has returned, SIGKILL it."""
+    child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        assert child.stdout is not None
+        result = until(child.stdout)
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+        return result
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+
+
 def _submit_then_sigkill(registry: Path, store_dir: Path, jobs: int, workers: int, setup: str = "") -> list[str]:
     """A child runtime submits ``jobs`` jobs that block there; once all are submitted and
     every worker runs one, it is killed with SIGKILL. Returns the job ids it printed."""
     code = KILLED_CHILD.format(root=str(ROOT), env=helpers.BLOCK_ENV, registry=str(registry), store=str(store_dir),
                                workers=workers, jobs=jobs, setup=setup)
-    child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, text=True, cwd=store_dir.parent)
-    try:
-        assert child.stdout is not None
+
+    def until_all_run(stdout: IO[str]) -> list[str]:
         lines: list[str] = []
         started = 0
-        for line in child.stdout:  # job ids, "submitted", and "started <n>" from the workers
+        for line in stdout:  # job ids, "submitted", and "started <n>" from the workers
             started += line.startswith("started")
             lines.append(line.strip())
             if started == workers and "submitted" in lines:
                 break
         assert started == workers and "submitted" in lines, lines[-5:]
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(10) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
+        return lines
+
+    lines = _sigkill_once(code, until_all_run, stderr=subprocess.DEVNULL, cwd=store_dir.parent)
     ids = [line for line in lines if line != "submitted" and not line.startswith("started")]
     assert len(ids) == jobs and len(set(ids)) == jobs
     return ids
@@ -613,16 +629,8 @@ def test_a_command_left_running_by_a_killed_runtime_is_stopped_before_its_job_ru
 ) -> None:
     store_dir = tmp_path / "jobs"
     code = COMMAND_KILLED_CHILD.format(root=str(ROOT), registry=str(registry), store=str(store_dir))
-    child = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None
-        job, pid = child.stdout.readline().split()  # the command runs and has reported its pid
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(10) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
+    # Once the command runs and has reported its pid.
+    job, pid = _sigkill_once(code, lambda stdout: stdout.readline().split())
     orphan = int(pid)
     try:
         assert not gone(orphan)  # SIGKILL leaves the child running, out of reach of its timeout
@@ -1039,28 +1047,41 @@ def test_a_hung_python_job_gets_its_worker_replaced_and_is_retried(
     assert helpers.CALLS == ["h", "next"]
 
 
+def _cancelled_while_stuck(start_runtime: Callable[..., Runtime], registry: Path, clock: ManualClock,
+                           name: str) -> tuple[Runtime, str, Any, float]:
+    """A runtime whose only worker runs a python function that does not return, and its
+    job, cancelled. Returns the runtime, the job, the worker's ref and the attempt's deadline."""
+    rt = start_runtime(registry, clock=clock, job_concurrency=1, backoff_min=0.5, backoff_max=0.5,
+                       store_factory=MemoryStore, **quiet())
+    old = rt.ref("worker-0")
+    job = rt.submit("hang_once", {"name": name})
+    assert helpers.started(name).wait(5)
+    deadline = 1.0 + HANG_GRACE  # the script's timeout is 1 s
+    wait_until(lambda: soon(clock) == [deadline], message="no hang deadline armed")
+    assert rt.cancel(job) and status_of(rt, job) == "cancelled"
+    return rt, job, old, deadline
+
+
+def _stuck_worker_replaced(rt: Runtime, clock: ManualClock, old: Any) -> None:
+    """Its deadline has passed: the stuck worker is taken out, and its restart (0.5 s) comes."""
+    wait_until(lambda: rt.directory.get("worker-0") is None, message="the stuck worker was not taken out")
+    wait_until(lambda: soon(clock), message="no restart scheduled")
+    clock.advance(0.5)
+    wait_until(lambda: replaced(rt, "worker-0", old.actor_urn), message="worker-0 not replaced")
+
+
 def test_a_cancelled_python_job_that_never_returns_still_gets_its_worker_replaced(
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
     # A function on a worker thread cannot be stopped: a cancel ends the job at once, but
     # its worker stays busy until the function returns, and is watched until then.
     clock = ManualClock()
-    rt = start_runtime(registry, clock=clock, job_concurrency=1, backoff_min=0.5, backoff_max=0.5,
-                       store_factory=MemoryStore, **quiet())
-    old = rt.ref("worker-0")
-    job = rt.submit("hang_once", {"name": "c"})
-    assert helpers.started("c").wait(5)
-    deadline = 1.0 + HANG_GRACE  # the script's timeout is 1 s
-    wait_until(lambda: soon(clock) == [deadline], message="no hang deadline armed")
-    assert rt.cancel(job) and status_of(rt, job) == "cancelled"
+    rt, job, old, deadline = _cancelled_while_stuck(start_runtime, registry, clock, "c")
     behind = rt.submit("record", {"token": "behind"})
     assert soon(clock) == [deadline]  # still watched
     assert status_of(rt, behind) == "queued"  # its only worker is still busy
     clock.advance(deadline)
-    wait_until(lambda: rt.directory.get("worker-0") is None, message="the stuck worker was not taken out")
-    wait_until(lambda: soon(clock), message="no restart scheduled")
-    clock.advance(0.5)
-    wait_until(lambda: replaced(rt, "worker-0", old.actor_urn), message="worker-0 not replaced")
+    _stuck_worker_replaced(rt, clock, old)
     assert rt.wait_job(behind, timeout=5)["status"] == "succeeded"
     final = rt.status(job)
     assert final["status"] == "cancelled" and [a["status"] for a in final["attempts"]] == ["cancelled"]
@@ -1073,14 +1094,7 @@ def test_a_cancelled_python_job_that_never_returns_is_still_watched_after_a_sche
     start_runtime: Callable[..., Runtime], registry: Path
 ) -> None:
     clock = ManualClock()
-    rt = start_runtime(registry, clock=clock, job_concurrency=1, backoff_min=0.5, backoff_max=0.5,
-                       store_factory=MemoryStore, **quiet())
-    old = rt.ref("worker-0")
-    job = rt.submit("hang_once", {"name": "s"})
-    assert helpers.started("s").wait(5)
-    deadline = 1.0 + HANG_GRACE
-    wait_until(lambda: soon(clock) == [deadline], message="no hang deadline armed")
-    assert rt.cancel(job)
+    rt, job, old, deadline = _cancelled_while_stuck(start_runtime, registry, clock, "s")
     scheduler = inject_fault(rt, "scheduler")
     wait_until(lambda: [d for d in soon(clock) if d <= 0.5], message="no scheduler restart scheduled")
     clock.advance(0.5)
@@ -1089,10 +1103,7 @@ def test_a_cancelled_python_job_that_never_returns_is_still_watched_after_a_sche
     wait_until(lambda: sorted(soon(clock)) == [deadline - 0.5], message="the new instance does not watch it")
     assert status_of(rt, behind) == "queued"  # its only worker is still busy
     clock.advance(deadline - 0.5)
-    wait_until(lambda: rt.directory.get("worker-0") is None, message="the stuck worker was not taken out")
-    wait_until(lambda: soon(clock), message="no worker restart scheduled")
-    clock.advance(0.5)
-    wait_until(lambda: replaced(rt, "worker-0", old.actor_urn), message="worker-0 not replaced")
+    _stuck_worker_replaced(rt, clock, old)
     assert rt.wait_job(behind, timeout=5)["status"] == "succeeded"
     helpers.release("s")
     wait_until(lambda: not old.is_alive(), message="the abandoned worker did not stop once released")
