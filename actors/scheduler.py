@@ -597,7 +597,7 @@ class SchedulerActor(SupervisedActor):
             job_id = core.worker_lost(message.name)
             if job_id is not None:
                 self._cancel_timer(job_id)
-                self._outcome(job_id, core.abandon(job_id, f"worker {message.name} failed: {message.error}"))
+                self._abandon(job_id, f"worker {message.name} failed: {message.error}")
                 self._dispatch()
         else:
             return super().on_receive(message)
@@ -645,20 +645,19 @@ class SchedulerActor(SupervisedActor):
         return self.core
 
     def _remember(self, script: Script) -> None:
-        self._scripts[script.id] = script
+        """Keep ``script`` as the latest version of its id, with its retry policy: its own
+        ``retry_backoff`` (checked by the registry), else the runtime's settings."""
         core = self._core()
-        options = script.options
-        if "retry_backoff" in options or self._rng is not None:
-            backoff = options.get("retry_backoff", {})
-            settings = self.context.settings
-            core.policies[script.id] = RetryPolicy(
-                float(backoff.get("min", settings.retry_backoff_min)),
-                float(backoff.get("max", settings.retry_backoff_max)),
-                **({"rng": self._rng} if self._rng else {}),
-            )
-        elif script.id not in core.policies:
-            settings = self.context.settings
-            core.policies[script.id] = RetryPolicy(settings.retry_backoff_min, settings.retry_backoff_max)
+        if self._scripts.get(script.id) is script and script.id in core.policies:
+            return  # this version is known already (the usual case: every submit comes here)
+        self._scripts[script.id] = script
+        backoff = script.options.get("retry_backoff") or {}
+        settings = self.context.settings
+        core.policies[script.id] = RetryPolicy(
+            float(backoff.get("min", settings.retry_backoff_min)),
+            float(backoff.get("max", settings.retry_backoff_max)),
+            **({"rng": self._rng} if self._rng else {}),
+        )
 
     def _load_scripts(self, script_ids: list[str]) -> None:
         """Scripts of recovered jobs come from the registry file (no ask to the cache); while
@@ -807,7 +806,7 @@ class SchedulerActor(SupervisedActor):
             return
         run.cancel.cancel()
         error = self._replace_hung(run.worker, job_id, attempt)
-        self._outcome(job_id, core.abandon(job_id, error))
+        self._abandon(job_id, error)
         self._dispatch()
 
     def _replace_hung(self, worker: str, job_id: str, attempt: int) -> str:
@@ -822,6 +821,15 @@ class SchedulerActor(SupervisedActor):
         if ref is not None:
             self.context.directory.tell(self.context.supervisor, ReplaceChild(worker, ref.actor_urn, error))
         return error
+
+    def _abandon(self, job_id: str, error: str) -> None:
+        """End a running attempt that ran but will not report (its worker hung or died): a
+        failed attempt, counted in the execution figures as one that reported would be."""
+        core = self._core()
+        run, record = core.running.get(job_id), core.jobs.get(job_id)
+        if run is not None and record is not None:
+            self.exec_stats.add(record.script_id, max(0.0, time.time() - run.started_at), False)
+        self._outcome(job_id, core.abandon(job_id, error))
 
     def _outcome(self, job_id: str, outcome: Outcome | None) -> None:
         if outcome is None:

@@ -254,6 +254,26 @@ def _parse_command(check: _Checker, folder: Path) -> tuple[str, ...]:
     return (program, *command[1:])
 
 
+def _parse_retry_backoff(check: _Checker) -> Mapping[str, float]:
+    """``{"min": seconds, "max": seconds}``, either may be left to the runtime's setting."""
+    raw = check.get("retry_backoff", dict, {}, 'an object {"min": seconds, "max": seconds}')
+    unknown = sorted(set(raw) - {"min", "max"})
+    if unknown:
+        raise check.fail("retry_backoff", f"unknown field(s) {', '.join(unknown)}; use min and max")
+    backoff: dict[str, float] = {}
+    for name, value in raw.items():
+        seconds = None if isinstance(value, bool) or not isinstance(value, (int, float)) else _finite_seconds(value)
+        if seconds is None or not 0 <= seconds <= MAX_TIMEOUT:
+            raise check.fail(f"retry_backoff.{name}", f"must be a number of seconds from 0 to {MAX_TIMEOUT} "
+                                                     f"(a year), got {_json_type(value)} {value!r}"
+                             if isinstance(value, (int, float)) and not isinstance(value, bool)
+                             else f"must be a number of seconds, got {_json_type(value)}")
+        backoff[name] = seconds
+    if backoff.get("min", 0.0) > backoff.get("max", math.inf):
+        raise check.fail("retry_backoff", f"min ({backoff['min']:g}) must not exceed max ({backoff['max']:g})")
+    return MappingProxyType(backoff)
+
+
 def _positive_int(check: _Checker, name: str, default: int) -> int:
     value: int = check.get(name, int, default, "a positive integer")
     if value <= 0:
@@ -409,6 +429,8 @@ def _parse_script(path: Path, folder: Path, position: int, entry: Any) -> Script
     arguments = _parse_arguments(check)
     known = {"id", "kind", "command", "description", "arguments", "timeout", "max_retries"}
     options = {k: v for k, v in entry.items() if k not in known}
+    if "retry_backoff" in entry:
+        options["retry_backoff"] = _parse_retry_backoff(check)
     options.update(_parse_kind_options(check, kind, arguments))
     return Script(
         id=script_id,

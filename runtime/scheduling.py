@@ -333,7 +333,10 @@ class SchedulerCore:
         """Seconds until a job waiting out its backoff may run; ``None`` when it is not waiting."""
         if job_id not in self._waiting_retry:
             return None
-        return max(0.0, self.jobs[job_id].not_before - self.wall())
+        record = self.jobs[job_id]
+        # Capped by the policy: a wall clock set back since the failure must not stretch it.
+        longest = self.policies.get(record.script_id, RetryPolicy()).maximum
+        return min(max(0.0, record.not_before - self.wall()), longest)
 
     def reject(self, job_ids: list[str]) -> None:
         """Undo the accepting of jobs not inserted yet (their submit's commit failed): they

@@ -158,6 +158,25 @@ def _retry_delay(rt: Runtime, clock: ManualClock, job: str, attempts: int) -> fl
     return delay
 
 
+def test_a_scripts_own_backoff_follows_the_registry_as_it_changes(start_runtime: Callable[..., Runtime],
+                                                                   registry: Path) -> None:
+    def delay(job: str) -> float:
+        wait_until(lambda: status_of(rt, job) == "retrying", message="the job is not waiting for a retry")
+        status = rt.status(job)
+        return float(status["not_before"] - status["attempts"][-1]["finished_at"])
+
+    flaky = next(s for s in SCRIPTS if s["id"] == "flaky")
+    write_registry(registry, [s for s in SCRIPTS if s["id"] != "flaky"] + [{**flaky, "retry_backoff": {"min": 30}}])
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet(watcher="polling", poll_interval=0.05))
+    first = rt.submit("flaky", {"key": "a", "failures": 1})
+    assert 15 <= delay(first) <= 30  # [d/2, d] of its own 30 s
+    write_registry(registry, SCRIPTS)  # its own backoff removed: the runtime's 1 s applies again
+    wait_until(lambda: "retry_backoff" not in rt.script("flaky").options, message="the edit was not seen")
+    second = rt.submit("flaky", {"key": "b", "failures": 1})
+    assert 0.5 <= delay(second) <= 1.0
+    assert rt.cancel(first) and rt.cancel(second)
+
+
 def test_retries_are_counted_and_spaced_by_the_backoff(start_runtime: Callable[..., Runtime], registry: Path) -> None:
     clock = ManualClock()
     rt = _retry_runtime(start_runtime, registry, clock)
@@ -1045,6 +1064,8 @@ def test_a_hung_python_job_gets_its_worker_replaced_and_is_retried(
     assert rt.status(job)["status"] == "succeeded"  # its late report changed nothing
     assert rt.run("record", {"token": "next"}, timeout=5)["status"] == "succeeded"
     assert helpers.CALLS == ["h", "next"]
+    stats = rt.execution_stats("hang_once")  # the hung attempt counts, once, as a failure
+    assert (stats["total_executions"], stats["failures"]) == (2, 1)
 
 
 def _cancelled_while_stuck(start_runtime: Callable[..., Runtime], registry: Path, clock: ManualClock,

@@ -68,6 +68,15 @@ def test_valid_entry_parsed_with_defaults_and_resolved_program() -> None:
         ('{"scripts": [{"id": "a", "command": ["x", "a\\u0000b"]}]}', "field 'command': must not contain a NUL"),
         ('{"scripts": [{"id": "a", "command": ["x"], "timeout": ' + "9" * 5000 + '}]}', "invalid JSON: Exceeds the limit"),
         ('{"scripts": [' + "[" * 100_000 + "]" * 100_000 + "]}", "invalid JSON: nested too deeply"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "retry_backoff": {"min": "fast"}}]}',
+         "field 'retry_backoff.min': must be a number of seconds, got a string"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "retry_backoff": 5}]}', "field 'retry_backoff': must be an object"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "retry_backoff": {"min": -1}}]}',
+         "field 'retry_backoff.min': must be a number of seconds from 0 to 31622400"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "retry_backoff": {"min": 5, "max": 1}}]}',
+         "field 'retry_backoff': min (5) must not exceed max (1)"),
+        ('{"scripts": [{"id": "a", "command": ["x"], "retry_backoff": {"minimum": 1}}]}',
+         "field 'retry_backoff': unknown field(s) minimum"),
     ],
 )
 def test_errors_name_file_script_and_field(tmp_path: Path, text: str, needle: str) -> None:

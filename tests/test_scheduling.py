@@ -357,6 +357,10 @@ def test_restore_keeps_a_retrying_job_waiting_out_its_backoff() -> None:
     for record in recover(store):
         assert core.restore(record) is JobState.RETRYING
     assert core.retry_in(waiting.id) == 30 and core.retry_in(due.id) is None
+    wall.now -= 3600  # the wall clock was set back an hour: the wait stays within the policy's cap
+    assert core.retry_in(waiting.id) == 60
+    core.policies["s"] = RetryPolicy(1.0, 20.0)
+    assert core.retry_in(waiting.id) == 20
     core.worker_ready("w0")
     core.worker_ready("w1")
     assert [d.record.id for d in core.dispatch()] == [due.id]  # the other one waits for its timer
