@@ -192,6 +192,11 @@ class SchedulerActor(SupervisedActor):
             apply_marks(memory.store, marks)
             memory.marks_applied = True
         core = self.core = SchedulerCore(memory.store, time.time, settings.max_retries)
+        if not memory.counts_loaded:  # the jobs of earlier runs on this store count too
+            stored = memory.store.counts()
+            memory.counts = (stored[JobState.SUCCEEDED.value], stored[JobState.FAILED.value],
+                             stored[JobState.CANCELLED.value])
+            memory.counts_loaded = True
         core.completed, core.failed, core.cancelled = memory.counts
         core.retired = set(memory.retired)
         # Attempts of the failed instance whose worker is still the same live actor

@@ -198,6 +198,7 @@ class SchedulerMemory:
     worker_refs: dict[str, Any] = field(default_factory=dict)
     exec_stats: ExecutionStats = field(default_factory=ExecutionStats)
     counts: tuple[int, int, int] = (0, 0, 0)  # completed, failed, cancelled
+    counts_loaded: bool = False  # the counts start from the store's (its earlier runs' jobs)
     retired: set[str] = field(default_factory=set)
     #: The start marks were recorded in the store (once per process, retried until it works).
     marks_applied: bool = False

@@ -614,6 +614,20 @@ def _submit_then_sigkill(registry: Path, store_dir: Path, jobs: int, workers: in
     return ids
 
 
+def test_job_counts_cover_the_stores_earlier_runs(start_runtime: Callable[..., Runtime], registry: Path,
+                                                  tmp_path: Path) -> None:
+    store_dir = tmp_path / "jobs"
+    first = start_runtime(registry, job_storage_path=store_dir, **quiet())
+    assert first.run("record", {"token": "one"}, timeout=10)["status"] == "succeeded"
+    assert first.run("flaky", {"key": "f", "failures": 9}, timeout=10, max_retries=0)["status"] == "failed"
+    first.stop()
+    again = start_runtime(registry, job_storage_path=store_dir, **quiet())
+    stats = again.queue_stats()
+    assert (stats["completed_jobs"], stats["failed_jobs"], stats["cancelled_jobs"]) == (1, 1, 0)
+    assert again.run("record", {"token": "two"}, timeout=10)["status"] == "succeeded"
+    assert again.queue_stats()["completed_jobs"] == 2
+
+
 def test_jobs_survive_sigkill_of_the_runtime_process(start_runtime: Callable[..., Runtime], registry: Path,
                                                      tmp_path: Path) -> None:
     store_dir = tmp_path / "jobs"
