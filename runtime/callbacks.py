@@ -58,6 +58,7 @@ class CallbackRunner:
         self._taken = 0  # jobs taken by a thread so far: the watcher sees progress by it
         self._work = threading.Condition(self._lock)  # something was queued, or the runner closes
         self._numbers = itertools.count()
+        self._here = threading.local()  # on one of this runner's threads: the job of its call
         self._closed = False
         with self._lock:
             for _ in range(threads):
@@ -87,6 +88,10 @@ class CallbackRunner:
             self._call(fn, args, job_id)
         else:
             self._ready.put(key)
+
+    def calling(self) -> tuple[bool, str | None]:
+        """Whether the calling thread is running one of this runner's calls, and that call's job."""
+        return getattr(self._here, "calling", False), getattr(self._here, "job_id", None)
 
     def thread_count(self) -> int:
         """Threads alive now (the ones kept, and any started while every one was busy)."""
@@ -159,9 +164,13 @@ class CallbackRunner:
         with self._lock:
             self._threads.discard(threading.current_thread())
 
-    @staticmethod
-    def _call(fn: Callable[..., Any], args: tuple[Any, ...], job_id: str | None) -> None:
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], job_id: str | None) -> None:
+        here = self._here
+        outer = getattr(here, "calling", False), getattr(here, "job_id", None)  # an inline call may nest
+        here.calling, here.job_id = True, job_id
         try:
             fn(*args)
         except BaseException:  # noqa: BLE001 - even SystemExit: it would end this thread and strand the job's calls
             logger.exception("callback %r for job %s raised; ignored", fn, job_id)
+        finally:
+            here.calling, here.job_id = outer

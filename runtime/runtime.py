@@ -89,6 +89,7 @@ class Runtime:
         self._lifecycle = threading.Lock()  # guards start/stop of this handle, not actor state
         self._blocked: dict[object, _Wait] = {}  # those waiting for jobs (waiting())
         self._blocked_lock = threading.Lock()
+        self._stop_begun = False
         self._escalation: str | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
         self._proxies: dict[str, Any] = {}
@@ -217,7 +218,13 @@ class Runtime:
         any still running after the drain are stopped (``stopped``, which does not count
         against their retries): the next start runs those jobs again. Whoever waits
         for a job (``wait_job``, ``run``, ``waiting``) gets ``RuntimeStopped``.
+
+        Called from a callback while another stop is under way, it returns at once:
+        that stop waits for the callback threads, this one must not wait for it.
         """
+        if self._stop_begun and self.callbacks.calling()[0]:
+            return
+        self._stop_begun = True
         try:
             self._stop(self.settings.ask_timeout if timeout is None else timeout,
                        self.settings.drain_timeout if drain is None else drain)
@@ -231,12 +238,15 @@ class Runtime:
         with self._blocked_lock:
             chosen = [token for token, wait in self._blocked.items()
                       if not unfinished_only or wait.job_id is None or wait.waiter in waiting.get(wait.job_id, ())]
-            releases = [self._blocked.pop(token).release for token in chosen]
-        for release in releases:
-            try:
-                release()
-            except Exception:  # one caller's broken release must not keep the others waiting
-                logger.exception("runtime: a release of a waiter raised")
+            waits = [self._blocked.pop(token) for token in chosen]
+        calling, job_here = self.callbacks.calling()
+        for wait in waits:
+            if calling and wait.job_id is not None and wait.job_id == job_here:
+                # The stop comes from this job's own callback: its status may be queued behind
+                # the call running now. The release goes behind it (it does nothing once given).
+                self.callbacks.post(_released_quietly(wait.release), job_id=wait.job_id, inline=True)
+            else:
+                _released_quietly(wait.release)()
 
     def _stop(self, timeout: float, drain: float) -> None:
         self._drain(drain)
@@ -770,6 +780,17 @@ def _stop_ref(ref: pykka.ActorRef[Any], timeout: float) -> None:
         logger.error("actor %s did not stop within %.1f s", ref, timeout)
     except pykka.ActorDeadError:
         pass
+
+
+def _released_quietly(release: Callable[[], None]) -> Callable[[], None]:
+    """``release`` as a call that logs what it raises: one caller's broken release must not
+    keep the others waiting."""
+    def call() -> None:
+        try:
+            release()
+        except Exception:
+            logger.exception("runtime: a release of a waiter raised")
+    return call
 
 
 def _check_job_id(job_id: Any) -> None:

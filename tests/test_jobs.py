@@ -1987,6 +1987,63 @@ def test_stop_still_gives_a_finished_jobs_status_to_its_waiter(
     assert isinstance(out[0], dict) and out[0]["status"] == "succeeded", out[0]
 
 
+def test_a_stop_from_a_jobs_own_on_done_still_gives_the_job_status_to_its_waiters(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # on_done runs first; the job's waiter is queued behind it, on the very thread that stops.
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    out: list[Any] = []
+
+    def on_done(_status: dict[str, Any]) -> None:
+        rt.stop()
+        # More work after the stop: the waiter must not have been told "stopped" meanwhile
+        # (a wrong release would let it finish here; the right one lets it wait for this).
+        waiting.join(0.5)
+
+    job = rt.submit("block", {"name": "o"}, on_done=on_done)
+    assert helpers.started("o").wait(5)
+
+    def wait() -> None:
+        try:
+            out.append(rt.wait_job(job, timeout=20))
+        except BaseException as e:  # noqa: BLE001 - what it raised is what the test checks
+            out.append(e)
+
+    waiting = threading.Thread(target=wait)
+    waiting.start()
+    wait_until(lambda: rt._blocked and len(rt._scheduler_memory.waiters.get(job, ())) == 2,
+               message="the wait is not registered")
+    helpers.release("o")
+    waiting.join(20)
+    assert isinstance(out[0], dict) and out[0]["status"] == "succeeded", out[0]
+    wait_until(lambda: not rt.running, message="the stop from on_done did not stop the runtime")
+
+
+def test_a_stop_from_a_callback_while_another_stop_runs_does_not_wait_for_it(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # The first stop waits for the callback threads: the callback's own stop must not wait for
+    # that stop in turn (both would wait out the callbacks' close timeout).
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    entered, go = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def on_done(_status: dict[str, Any]) -> None:
+        entered.set()
+        go.wait(10)
+        rt.stop()
+        order.append("callback")
+
+    rt.submit("record", {"token": "x"}, on_done=on_done)
+    assert entered.wait(5)
+    stopping = threading.Thread(target=lambda: (rt.stop(), order.append("stop")))
+    stopping.start()
+    wait_until(lambda: rt.callbacks._closed, message="the stop did not reach the callbacks")
+    go.set()
+    stopping.join(20)
+    assert order == ["callback", "stop"]
+
+
 def test_run_returns_the_status_of_a_job_that_finished_before_a_stop(
     start_runtime: Callable[..., Runtime], registry: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
