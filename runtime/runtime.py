@@ -90,6 +90,7 @@ class Runtime:
         self._blocked: dict[object, _Wait] = {}  # those waiting for jobs (waiting())
         self._blocked_lock = threading.Lock()
         self._stop_begun = False
+        self._resize_lock = threading.Lock()
         self._escalation: str | None = None
         self._supervisor: pykka.ActorRef[Any] | None = None
         self._proxies: dict[str, Any] = {}
@@ -658,28 +659,33 @@ class Runtime:
         """
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"the worker pool needs at least 1 worker, got {count!r}")
-        self._check_running()
-        timeout = self.settings.ask_timeout
-        supervisor = self.proxy("supervisor")
-        current = self.settings.job_concurrency
-        context = self._context_factory()
-        for index in range(current, count):
-            name = f"worker-{index}"
-            self.scheduler.enlist_worker(name).get(timeout=timeout)
-            supervisor.add_child(self._worker_spec(name, context)).get(timeout=timeout)
-        deadline = time.monotonic() + (self.settings.drain_timeout if drain is None else drain)
-        pause = threading.Event()
-        for index in reversed(range(count, current)):
-            name = f"worker-{index}"
-            idle = self.scheduler.retire_worker(name).get(timeout=timeout)
-            while not idle and time.monotonic() < deadline:
-                pause.wait(0.01)
-                idle = not self.scheduler.worker_busy(name).get(timeout=timeout)
-            ref = supervisor.remove_child(name).get(timeout=timeout)
-            if ref is not None:
-                _stop_ref(ref, timeout)
+        with self._resize_lock:  # one at a time: each starts from the pool the last one left
+            self._check_running()
+            timeout = self.settings.ask_timeout
+            supervisor = self.proxy("supervisor")
+            current = self.settings.job_concurrency
+            context = self._context_factory()
+            for index in range(current, count):
+                name = f"worker-{index}"
+                self.scheduler.enlist_worker(name).get(timeout=timeout)
+                supervisor.add_child(self._worker_spec(name, context)).get(timeout=timeout)
+                self._pool_size(index + 1)  # as it goes: a resize that fails half-way leaves it right
+            deadline = time.monotonic() + (self.settings.drain_timeout if drain is None else drain)
+            pause = threading.Event()
+            for index in reversed(range(count, current)):
+                name = f"worker-{index}"
+                idle = self.scheduler.retire_worker(name).get(timeout=timeout)
+                while not idle and time.monotonic() < deadline:
+                    pause.wait(0.01)
+                    idle = not self.scheduler.worker_busy(name).get(timeout=timeout)
+                ref = supervisor.remove_child(name).get(timeout=timeout)
+                self._pool_size(index)
+                if ref is not None:
+                    _stop_ref(ref, timeout)
+            logger.info("worker pool resized from %d to %d", current, count)
+
+    def _pool_size(self, count: int) -> None:
         self.settings = dataclasses.replace(self.settings, job_concurrency=count)
-        logger.info("worker pool resized from %d to %d", current, count)
 
     def queue_stats(self) -> dict[str, Any]:
         """``queue_size``, ``running_jobs``, ``completed_jobs``, ``failed_jobs`` and more."""

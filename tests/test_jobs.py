@@ -1426,6 +1426,32 @@ def test_the_worker_pool_grows_and_shrinks_without_a_restart(
         rt.resize_workers(0)
 
 
+def test_resizes_at_the_same_time_leave_the_pool_its_setting_says(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    rt = start_runtime(registry, job_concurrency=2, store_factory=MemoryStore, **quiet())
+    ready = threading.Barrier(2)
+
+    def resize(count: int) -> None:
+        ready.wait(5)
+        rt.resize_workers(count)
+
+    resizes = [threading.Thread(target=resize, args=(n,)) for n in (4, 1)]
+    for thread in resizes:
+        thread.start()
+    for thread in resizes:
+        thread.join(20)
+
+    def live() -> list[str]:
+        return sorted(n for n in rt.directory.names() if n.startswith("worker-") and rt.directory.get(n))
+
+    assert rt.settings.job_concurrency in (1, 4)
+    assert live() == [f"worker-{i}" for i in range(rt.settings.job_concurrency)]
+    rt.resize_workers(1)
+    assert live() == ["worker-0"]
+    assert rt.run("record", {"token": "after"}, timeout=10)["status"] == "succeeded"
+
+
 DYING_CHILD = textwrap.dedent("""
     import json, sys
     sys.path.insert(0, {root!r})
