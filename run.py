@@ -159,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"job {job_id} queued", file=sys.stderr, flush=True)
                 final = rt.wait_job(job_id, args.timeout)
             finally:
-                signal.signal(signal.SIGTERM, default)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if default is None else default)
         except TimeoutError:
             bar.on = False
             print(f"\njob {job_id} still running after {args.timeout:g} s: stopped; it stays in the store "

@@ -658,9 +658,10 @@ class SchedulerActor(SupervisedActor):
         self._scripts[script.id] = script
         backoff = script.options.get("retry_backoff") or {}
         settings = self.context.settings
+        minimum = float(backoff.get("min", settings.retry_backoff_min))
         core.policies[script.id] = RetryPolicy(
-            float(backoff.get("min", settings.retry_backoff_min)),
-            float(backoff.get("max", settings.retry_backoff_max)),
+            minimum,
+            float(backoff.get("max", max(settings.retry_backoff_max, minimum))),  # an own min above it: its own
             **({"rng": self._rng} if self._rng else {}),
         )
 

@@ -223,9 +223,10 @@ class Runtime:
         Called from a callback while another stop is under way, it returns at once:
         that stop waits for the callback threads, this one must not wait for it.
         """
-        if self._stop_begun and self.callbacks.calling()[0]:
+        with self._blocked_lock:
+            begun, self._stop_begun = self._stop_begun, True
+        if begun and self.callbacks.calling()[0]:
             return
-        self._stop_begun = True
         try:
             self._stop(self.settings.ask_timeout if timeout is None else timeout,
                        self.settings.drain_timeout if drain is None else drain)
@@ -242,9 +243,11 @@ class Runtime:
             waits = [self._blocked.pop(token) for token in chosen]
         calling, job_here = self.callbacks.calling()
         for wait in waits:
-            if calling and wait.job_id is not None and wait.job_id == job_here:
-                # The stop comes from this job's own callback: its status may be queued behind
-                # the call running now. The release goes behind it (it does nothing once given).
+            if (calling and wait.job_id is not None and wait.job_id == job_here
+                    and wait.waiter not in waiting.get(wait.job_id, ())):
+                # The stop comes from a callback of this job, which has finished: its status may
+                # be queued behind the call running now. The release goes behind it (it does
+                # nothing once the status is given). A job not finished has no status to wait for.
                 self.callbacks.post(_released_quietly(wait.release), job_id=wait.job_id, inline=True)
             else:
                 _released_quietly(wait.release)()

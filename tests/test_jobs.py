@@ -166,14 +166,16 @@ def test_a_scripts_own_backoff_follows_the_registry_as_it_changes(start_runtime:
         return float(status["not_before"] - status["attempts"][-1]["finished_at"])
 
     flaky = next(s for s in SCRIPTS if s["id"] == "flaky")
-    write_registry(registry, [s for s in SCRIPTS if s["id"] != "flaky"] + [{**flaky, "retry_backoff": {"min": 30}}])
-    rt = start_runtime(registry, store_factory=MemoryStore, **quiet(watcher="polling", poll_interval=0.05))
+    # Its own min is above the runtime's max (60 s): its own min stands.
+    write_registry(registry, [s for s in SCRIPTS if s["id"] != "flaky"] + [{**flaky, "retry_backoff": {"min": 90}}])
+    rt = start_runtime(registry, store_factory=MemoryStore, retry_rng=lambda: 1.0,  # no jitter: d itself
+                       **quiet(watcher="polling", poll_interval=0.05))
     first = rt.submit("flaky", {"key": "a", "failures": 1})
-    assert 15 <= delay(first) <= 30  # [d/2, d] of its own 30 s
+    assert delay(first) == pytest.approx(90)
     write_registry(registry, SCRIPTS)  # its own backoff removed: the runtime's 1 s applies again
     wait_until(lambda: "retry_backoff" not in rt.script("flaky").options, message="the edit was not seen")
     second = rt.submit("flaky", {"key": "b", "failures": 1})
-    assert 0.5 <= delay(second) <= 1.0
+    assert delay(second) == pytest.approx(1.0)
     assert rt.cancel(first) and rt.cancel(second)
 
 
@@ -2043,6 +2045,35 @@ def test_a_stop_from_a_jobs_own_on_done_still_gives_the_job_status_to_its_waiter
     waiting.join(20)
     assert isinstance(out[0], dict) and out[0]["status"] == "succeeded", out[0]
     wait_until(lambda: not rt.running, message="the stop from on_done did not stop the runtime")
+
+
+def test_a_stop_from_a_running_jobs_callback_releases_that_jobs_waiters_at_once(
+    start_runtime: Callable[..., Runtime], registry: Path
+) -> None:
+    # The job has not finished: no status is queued for its waiters to wait for.
+    rt = start_runtime(registry, store_factory=MemoryStore, **quiet())
+    out: list[Any] = []
+    job: list[str] = []
+
+    def wait() -> None:
+        try:
+            out.append(rt.wait_job(job[0], timeout=30))
+        except BaseException as e:  # noqa: BLE001 - what it raised is what the test checks
+            out.append(e)
+
+    waiting = threading.Thread(target=wait)
+
+    def progress(_job: str, _fraction: float, _message: str) -> None:  # "sleeper" reports once, then sleeps
+        waiting.start()
+        wait_until(lambda: rt._blocked, message="the wait is not registered")
+        rt.stop(drain=0)
+        waiting.join(10)  # released by the stop, not held behind this callback
+        still_waiting.append(waiting.is_alive())
+
+    still_waiting: list[bool] = []
+    job.append(rt.submit("sleeper", callback=progress))
+    wait_until(lambda: still_waiting, timeout=30, message="the callback did not get through")
+    assert still_waiting == [False] and isinstance(out[0], RuntimeStopped), out
 
 
 def test_a_stop_from_a_callback_while_another_stop_runs_does_not_wait_for_it(
