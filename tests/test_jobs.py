@@ -1463,9 +1463,11 @@ DYING_CHILD = textwrap.dedent("""
     actors.scheduler.COMMIT_WINDOW = 60.0  # no start is committed before the job kills the process
     rt = Runtime.start({registry!r}, job_storage_path={store!r}, job_concurrency=1, retry_backoff_min=0.01,
                        retry_backoff_max=0.01, watcher="polling", poll_interval=10**6)
-    if sys.argv[1] == "submit":  # "die" waits behind "record": it starts after a report, not a submit
-        print(rt.submit_many([("record", {{"token": "first"}}), ("die", {{}})])[1], flush=True)
-    elif sys.argv[1] == "status":
+    from tests import jobs_helpers
+    if sys.argv[1] == "submit":  # "die" waits behind "block", released once its id is printed
+        print(rt.submit_many([("block", {{"name": "first"}}), ("die", {{}})])[1], flush=True)
+    jobs_helpers.release("first")  # (its end was not committed: the next start runs it again)
+    if sys.argv[1] == "status":
         print(json.dumps(rt.status(sys.argv[2])), flush=True)
         rt.stop()
         sys.exit(0)
