@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 from runtime.command_executor import CommandExecution
 from runtime.errors import StoreError
-from runtime.executors import NOT_RETRYABLE, ExecutionResult, run_python
+from runtime.executors import MAX_NESTING, NOT_RETRYABLE, ExecutionResult, run_python, too_deep
 from runtime.http_executor import HttpExecution
 from runtime.messages import JobFinished, JobProgress, PoolFigures, ReportReady, RunJob, WorkerReady
 from runtime.pools import ConnectionPools
@@ -104,6 +104,9 @@ class WorkerActor(SupervisedActor):
         script = job.script
         logger.debug("worker %s runs job %s attempt %d (%s)", self.name, job.job_id, job.attempt, script.id)
         result = self._attempt(job, progress)
+        if too_deep([result.value, *result.extra.values()]):  # an HTTP answer's JSON, a host's value
+            result = ExecutionResult("failed", result.exit_code, duration=result.duration,
+                                     error=f"the result is nested more than {MAX_NESTING} levels deep")
         self._last_report = JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn)
         report(self._last_report)
 

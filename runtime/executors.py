@@ -84,14 +84,44 @@ def validate_arguments(script: Script, arguments: Mapping[str, Any] | None) -> d
         value = arguments[name]
         if not spec.accepts(value):  # name the type only: the value may be a secret
             raise invalid(f"argument {name!r} must be of type {spec.type}, got {type(value).__name__}")
-        try:
-            # The round trip copies the value and makes it exactly what the script will see.
-            result[name] = json.loads(json.dumps(value, allow_nan=False))
-        except (TypeError, ValueError) as e:
-            raise invalid(f"argument {name!r} is not JSON-serialisable: {e}") from None
-        except RecursionError:
-            raise invalid(f"argument {name!r} is nested too deeply") from None
+        try:  # the copy is exactly what the script will see
+            result[name] = as_json_value(value)
+        except ValueError as e:
+            raise invalid(f"argument {name!r} {e}") from None
     return result
+
+
+#: How deep a job's arguments and results may nest: every copy and write of a job record
+#: recurses through them, and must stay far from the interpreter's recursion limit.
+MAX_NESTING = 100
+
+
+def as_json_value(value: Any) -> Any:
+    """``value`` as a job's argument or result holds it: a copy made of plain JSON values.
+
+    Raises:
+        ValueError: not JSON (NaN, a set, an object...), or nested more than
+            ``MAX_NESTING`` levels deep; the message says which, never the value.
+    """
+    if too_deep(value):
+        raise ValueError(f"is nested more than {MAX_NESTING} levels deep")
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"is not JSON-serialisable: {e}") from None
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether ``value`` nests dicts and lists more than ``limit`` levels deep; iterative,
+    so that a value nested deeper than the recursion limit cannot make it raise."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list, tuple)):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +177,7 @@ def report_progress(script_id: str, on_progress: ProgressCallback | None, fracti
     """
     try:
         value = float(fraction)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float
         value = math.nan
     if on_progress is None or not math.isfinite(value):
         return
@@ -183,7 +213,7 @@ def _load_cached(spec: str) -> tuple[Callable[..., Any], bool]:
         target: Any = importlib.import_module(module_name)
         for attr in attr_path.split("."):
             target = getattr(target, attr)
-    except (Exception, SystemExit) as e:  # importing runs arbitrary module code
+    except BaseException as e:  # noqa: BLE001 - importing runs arbitrary module code, whatever it raises
         raise ValueError(f"cannot load callable {spec!r}: {type(e).__name__}: {e}") from None
     if not callable(target):
         raise ValueError(f"callable {spec!r} is a {type(target).__name__}, not a function")
@@ -242,16 +272,15 @@ def run_python(script: Script, arguments: Mapping[str, Any], on_progress: Progre
         function, wants_progress = load_callable(script.options.get("callable"))
     except ValueError as e:  # a retry would load the same registry entry: it fails the job now
         return done("failed", f"script {script.id!r}: {e}", retryable=False)
-    kwargs = dict(arguments)
+    kwargs = copy.deepcopy(dict(arguments))  # the job's own: a change to them must not reach its retry
     if wants_progress and "progress" not in kwargs:
         kwargs["progress"] = lambda fraction, message="": report_progress(script.id, on_progress, fraction, message)
     try:
         value = function(**kwargs)
-    except (Exception, SystemExit) as e:  # SystemExit too: it would silently end the worker thread
+    except BaseException as e:  # noqa: BLE001 - SystemExit, KeyboardInterrupt...: they would end the worker thread
         log.debug("script %r raised", script.id, exc_info=True)
         return done("failed", f"{type(e).__name__}: {e}")
     try:
-        value = json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as e:
-        return done("failed", f"the return value is not JSON-serialisable: {e}")
-    return done("succeeded", value=value)
+        return done("succeeded", value=as_json_value(value))
+    except ValueError as e:
+        return done("failed", f"the return value {e}")

@@ -27,7 +27,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from runtime.executors import ExecutionResult, ProgressCallback, report_progress, require_kind
+from runtime.executors import MAX_NESTING, ExecutionResult, ProgressCallback, report_progress, require_kind, too_deep
 from runtime.pools.http import RequestAbort
 from runtime.registry import ARGUMENT_PLACEHOLDER, DEFAULT_BODY_CAP, HEADER_PLACEHOLDER, Script
 
@@ -356,8 +356,11 @@ class HttpExecution:
         if _is_json(content_type) and not response.truncated and text.strip():
             try:
                 parsed = json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):
                 log.debug("http script %r: the body is not valid JSON", self.script.id)
+            if too_deep(parsed):  # a job's result may not nest so deep: the body stays, as text
+                log.debug("http script %r: the JSON body nests more than %d levels", self.script.id, MAX_NESTING)
+                parsed = None
         extra: dict[str, Any] = {"status_code": response.status, "headers": response.headers, "body": text,
                                  "body_truncated": response.truncated, "json": _json_ready(parsed)}
         report_progress(self.script.id, self._on_progress, 1.0, f"response {response.status}")

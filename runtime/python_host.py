@@ -36,7 +36,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
-from runtime.executors import load_callable, report_progress
+from runtime.executors import MAX_NESTING, load_callable, report_progress, too_deep
 
 __all__ = ["READY", "main"]
 
@@ -44,6 +44,7 @@ __all__ = ["READY", "main"]
 READY = b'{"ready": true}\n'
 
 log = logging.getLogger("runtime.python_host")
+_HOST: int | None = None  # the host's pid, once it serves: a child a job forks is not the host
 
 class _Channel:
     """The protocol's output. Writes are serialised (a job may report progress from several
@@ -69,6 +70,8 @@ class _Channel:
         self._send(line, self._job, closing=True)
 
     def _send(self, line: bytes, job: int, closing: bool = False) -> None:
+        if _HOST is not None and os.getpid() != _HOST:
+            return  # from a child the job forked: only the host speaks the protocol
         with self._lock:
             if job != self._job or not self._open:
                 return  # an earlier job's, or this one's after its result: read as another's
@@ -88,6 +91,8 @@ def _failed(error: str, retryable: bool = True) -> bytes:
 
 def _succeeded(value: Any) -> bytes:
     """The final line for a returned value: run_python's rule, the value must be plain JSON."""
+    if too_deep(value):
+        return _failed(f"the return value is nested more than {MAX_NESTING} levels deep")
     try:
         return _encode({"status": "succeeded", "value": value})
     except Exception as e:  # noqa: BLE001 - whatever the value's own methods raise is the job's fault
@@ -131,6 +136,8 @@ def _serve(requests: Iterable[bytes], output: IO[bytes]) -> None:
             outcome = _failed(f"python host: a request is not JSON: {e}")
         else:
             outcome = _run(request, sink)
+        if _HOST is not None and os.getpid() != _HOST:  # a child the job forked came back here
+            os._exit(0)
         for stream in (sys.stdout, sys.stderr):  # the job's prints reach the log before the next job
             with contextlib.suppress(Exception):
                 stream.flush()
@@ -172,12 +179,24 @@ def _die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+def _not_the_host(requests: IO[bytes], output: IO[bytes]) -> None:
+    """In a child a job forked: it shares the host's protocol pipes, but must neither read
+    requests nor answer them. It runs the job's code on; if that returns into the host's
+    loop, the child ends there (``_serve``)."""
+    for stream in (requests, output):
+        with contextlib.suppress(OSError):
+            os.close(stream.fileno())
+
+
 def main() -> int:
     """Run the host on this process's stdio; returns the exit code."""
+    global _HOST
     _die_with_parent()
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format=f"python host {os.getpid()}: %(levelname)s %(name)s: %(message)s")
     requests, output = _take_over_stdio()
+    _HOST = os.getpid()
+    os.register_at_fork(after_in_child=lambda: _not_the_host(requests, output))
     try:
         _serve(requests, output)
     except BrokenPipeError:

@@ -428,7 +428,7 @@ def _parse(line: bytes, script: Script, on_progress: ProgressCallback | None) ->
     """
     try:
         message = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than any host sends
         message = None
     if isinstance(message, dict):
         progress = message.get("progress")

@@ -53,6 +53,23 @@ def returns_a_set() -> set[int]:
     return {1}
 
 
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def forks_and_returns(progress: Progress) -> str:
+    """Forks; the child returns (into the host's code) too, and reports progress first."""
+    child = os.fork()
+    if child == 0:
+        progress(0.5, "from the child")
+        return "child"
+    os.waitpid(child, 0)
+    return "parent"
+
+
 def returns_nan() -> float:
     return float("nan")
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from runtime.errors import InvalidArguments
-from runtime.executors import ExecutionResult, run_python, validate_arguments
+from runtime.executors import MAX_NESTING, ExecutionResult, run_python, validate_arguments
 from runtime.registry import ArgumentSpec, Script
 
 
@@ -112,6 +113,27 @@ def returns_a_set() -> set[int]:
     return {1}
 
 
+def raises(kind: str) -> None:
+    raise {"interrupt": KeyboardInterrupt, "generator": GeneratorExit, "base": BaseException}[kind]("stop")
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def mutates(items: list[str]) -> list[str]:
+    items.append("mutated")
+    return items
+
+
+def huge_progress(progress: Any) -> str:
+    progress(10**400, "beyond any float")  # dropped, not raised into the job
+    return "done"
+
+
 def test_python_success_returns_the_value() -> None:
     result = run_python(_python("tests.test_executors:add"), {"a": 2, "b": 3})
     assert result.status == "succeeded", result
@@ -147,6 +169,46 @@ def test_python_system_exit_fails_instead_of_ending_the_thread() -> None:
     result = run_python(_python("tests.test_executors:exits"), {})
     assert result.status == "failed"
     assert result.error == "SystemExit: 2"
+
+
+@pytest.mark.parametrize("kind", ["interrupt", "generator", "base"])
+def test_python_any_base_exception_fails_the_attempt_instead_of_ending_the_thread(kind: str) -> None:
+    result = run_python(_python("tests.test_executors:raises"), {"kind": kind})
+    assert result.status == "failed" and result.error is not None and result.error.endswith("stop")
+
+
+def test_python_a_module_that_interrupts_its_import_fails_for_good(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "interrupting_module.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run_python(_python("interrupting_module:f"), {})
+    assert result.status == "failed" and "KeyboardInterrupt" in (result.error or "")
+    assert result.to_dict()["retryable"] is False
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 600, 5000])
+def test_python_a_return_value_nested_too_deeply_fails_clearly(depth: int) -> None:
+    result = run_python(_python("tests.test_executors:nested"), {"depth": depth})
+    assert result.status == "failed" and f"nested more than {MAX_NESTING} levels deep" in (result.error or "")
+    assert run_python(_python("tests.test_executors:nested"), {"depth": MAX_NESTING - 1}).status == "succeeded"
+
+
+def test_python_a_job_changing_its_arguments_changes_only_its_own_copy() -> None:
+    arguments = {"items": ["a"]}
+    assert run_python(_python("tests.test_executors:mutates"), arguments).value == ["a", "mutated"]
+    assert arguments == {"items": ["a"]}  # what a retry gets, and what the store keeps
+
+
+def test_python_a_progress_fraction_beyond_any_float_is_dropped() -> None:
+    events: list[tuple[float, str]] = []
+    result = run_python(_python("tests.test_executors:huge_progress"), {}, lambda f, m: events.append((f, m)))
+    assert result.status == "succeeded" and events == []
+
+
+def test_an_argument_nested_too_deeply_is_refused_by_name() -> None:
+    script = Script(id="s", arguments=MappingProxyType({"o": ArgumentSpec("array")}))
+    with pytest.raises(InvalidArguments, match=f"argument 'o' is nested more than {MAX_NESTING} levels deep"):
+        validate_arguments(script, {"o": nested(MAX_NESTING + 1)})
 
 
 def test_python_wrong_arguments_fail() -> None:

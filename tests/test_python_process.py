@@ -238,6 +238,20 @@ def test_the_hosts_output_is_cut_into_lines_a_few_reads_at_a_time() -> None:
     assert calls > 1  # the long line took more than one call
 
 
+def test_a_return_value_nested_too_deeply_fails_in_the_host_and_the_host_goes_on(shared: PythonProcess) -> None:
+    result = shared.run(_script("nested"), {"depth": 600})
+    assert result.status == "failed" and "nested more than 100 levels deep" in (result.error or "")
+    assert shared.run(_script("nested"), {"depth": 3}).value == [[["leaf"]]]
+
+
+def test_a_child_a_job_forks_neither_answers_for_it_nor_takes_the_hosts_place(process: PythonProcess) -> None:
+    host = process.run(_script("pid"), {}).value
+    events: list[tuple[float, str]] = []
+    assert process.run(_script("forks_and_returns"), {}, lambda f, m: events.append((f, m))).value == "parent"
+    assert events == []  # the child's progress is not the job's
+    assert process.run(_script("pid"), {}).value == host  # the host still serves, itself
+
+
 def test_a_timeout_of_a_year_is_a_deadline_like_any_other(shared: PythonProcess) -> None:
     assert shared.run(_script("add", timeout=float(MAX_TIMEOUT)), {"a": 2}).value == {"sum": 2}
 

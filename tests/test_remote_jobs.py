@@ -49,6 +49,8 @@ def _server(behaviour: Behaviour) -> ThreadingHTTPServer:
             status, body = 200, json.dumps({"path": self.path}).encode()
             if path.startswith("/flaky") and behaviour.calls[path] == 1:
                 status, body = 503, b"busy"
+            elif path == "/deep":  # JSON nested 600 deep: valid, and more than a job's result may hold
+                body = b"[" * 600 + b"]" * 600
             elif path == "/slow":
                 behaviour.arrived.set()
                 behaviour.release.wait(10)
@@ -88,7 +90,21 @@ def _http_registry(tmp_path: Path, base: str) -> Path:
          "arguments": {"n": {"type": "integer", "required": True}}},
         {"id": "slow", "kind": "http", "url": base + "/slow", "timeout": 0.3, "max_retries": 1},
         {"id": "slow_long", "kind": "http", "url": base + "/slow", "timeout": 30},
+        {"id": "deep", "kind": "http", "url": base + "/deep", "timeout": 5, "max_retries": 0},
     ])
+
+
+def test_an_answer_nested_too_deeply_is_kept_as_text_and_breaks_nothing(
+    start_runtime: Callable[..., Runtime], tmp_path: Path, http: tuple[str, Behaviour]
+) -> None:
+    base, _ = http
+    rt = start_runtime(_http_registry(tmp_path, base), **FAST_RETRY)
+    scheduler = rt.ref("scheduler").actor_urn
+    final = rt.run("deep", timeout=10)  # a waiter: its status is copied for it
+    assert final["status"] == "succeeded" and final["result"]["json"] is None  # kept as text only
+    assert final["result"]["body"] == "[" * 600 + "]" * 600
+    assert rt.status(final["job_id"])["status"] == "succeeded"
+    assert rt.ref("scheduler").actor_urn == scheduler and rt.stats_snapshot()["restarts"] == 0
 
 
 def test_http_jobs_run_through_the_pool_with_progress_and_stats(
