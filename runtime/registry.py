@@ -135,10 +135,11 @@ class FileStamp:
 
 
 def stamp(path: Path) -> FileStamp | None:
-    """The file's current stamp, or ``None`` when it does not exist."""
+    """The file's current stamp, or ``None`` when it cannot be read as a file: missing, its
+    folder replaced by a file, no permission (its readers then keep the last good registry)."""
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:
         return None
     return FileStamp(st.st_mtime_ns, st.st_size, st.st_ino)
 

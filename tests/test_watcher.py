@@ -83,6 +83,26 @@ def test_polling_sees_both_kinds_of_save(start_runtime: Callable[..., Runtime], 
     wait_until(lambda: _description(rt) == "polled")
 
 
+def test_a_registry_whose_folder_became_a_file_keeps_the_last_good_one(
+    start_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    # stat() then fails with NotADirectoryError, not FileNotFoundError: the watcher and the
+    # scheduler's registry reads must treat it as a missing file, not fail on it.
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    registry = write_registry(folder / "registry.json", sample_scripts())
+    clock = ManualClock()
+    rt = start_runtime(registry, watcher="polling", poll_interval=1.0, clock=clock)
+    folder.rename(tmp_path / "conf.old")
+    folder.write_text("not a folder")
+    for _ in range(3):  # polls that find no registry file
+        clock.advance(1.0)
+        assert _description(rt) == "do nothing"  # the last good registry stays in force
+    job = rt.submit("true")  # checked and started with the last good version (its folder is gone: it fails)
+    assert rt.wait_job(job, timeout=10)["status"] in ("succeeded", "failed")
+    assert rt.running and rt.stats_snapshot()["restarts"] == 0
+
+
 def test_falls_back_to_polling_when_inotify_is_unavailable(
     start_runtime: Callable[..., Runtime], registry_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
