@@ -44,6 +44,10 @@ class InotifyBackend:
         self._notifier: Any = None
 
     def start(self) -> None:
+        if self.path.is_symlink() or self.path.parent.resolve() != self.path.parent.absolute():
+            # A link (a Kubernetes ConfigMap swaps one): the events of the folder it is in
+            # say nothing of its target's changes. Polling compares the target itself.
+            raise WatchUnavailable(f"{self.path} is reached through a symbolic link")
         try:
             import pyinotify  # noqa: PLC0415 - optional: absent or broken means polling
         except Exception as e:  # ImportError, or asyncore missing on Python >= 3.12

@@ -103,6 +103,25 @@ def test_a_registry_whose_folder_became_a_file_keeps_the_last_good_one(
     assert rt.running and rt.stats_snapshot()["restarts"] == 0
 
 
+def test_a_registry_reached_through_a_symlink_is_polled(start_runtime: Callable[..., Runtime],
+                                                        tmp_path: Path) -> None:
+    # As a Kubernetes ConfigMap is mounted: registry.json -> ..data/registry.json, and ..data
+    # a link swapped to a new folder on each update. inotify on the folder sees none of it.
+    for version, description in (("v1", "do nothing"), ("v2", "swapped")):
+        (tmp_path / version).mkdir()
+        write_registry(tmp_path / version / "registry.json", _changed(description))
+    (tmp_path / "..data").symlink_to("v1")
+    (tmp_path / "registry.json").symlink_to("..data/registry.json")
+    clock = ManualClock()
+    rt = start_runtime(tmp_path / "registry.json", watcher="auto", poll_interval=1.0, clock=clock)
+    assert rt.watcher.backend_name().get(timeout=5) == "polling"
+    assert _description(rt) == "do nothing"
+    (tmp_path / "..data.new").symlink_to("v2")
+    (tmp_path / "..data.new").rename(tmp_path / "..data")  # the swap, atomic
+    clock.advance(1.0)
+    wait_until(lambda: _description(rt) == "swapped")
+
+
 def test_falls_back_to_polling_when_inotify_is_unavailable(
     start_runtime: Callable[..., Runtime], registry_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
