@@ -272,7 +272,7 @@ def run_python(script: Script, arguments: Mapping[str, Any], on_progress: Progre
         function, wants_progress = load_callable(script.options.get("callable"))
     except ValueError as e:  # a retry would load the same registry entry: it fails the job now
         return done("failed", f"script {script.id!r}: {e}", retryable=False)
-    kwargs = copy.deepcopy(dict(arguments))  # the job's own: a change to them must not reach its retry
+    kwargs = json.loads(json.dumps(dict(arguments)))  # the job's own (JSON values): a change must not reach its retry
     if wants_progress and "progress" not in kwargs:
         kwargs["progress"] = lambda fraction, message="": report_progress(script.id, on_progress, fraction, message)
     try:

@@ -33,6 +33,7 @@ import logging
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
@@ -118,9 +119,28 @@ def _run(request: Any, sink: Callable[[float, str], None]) -> bytes:
     try:
         value = function(**kwargs)
     except BaseException as e:  # noqa: BLE001 - this process exists to run the job: nothing may end it
+        if _HOST is not None and os.getpid() != _HOST:
+            _end_forked_child(e)
         log.warning("script %r raised", script_id, exc_info=True)
         return _failed(f"{type(e).__name__}: {e}")
     return _succeeded(value)
+
+
+def _end_forked_child(error: BaseException) -> None:
+    """A child the job forked ends the way a plain Python process would: ``sys.exit(n)``
+    gives ``n``, another exception its traceback and 1 (its parent may wait for it)."""
+    code = 1
+    if isinstance(error, SystemExit):
+        if error.code is None or isinstance(error.code, int):
+            code = error.code or 0
+        else:
+            print(error.code, file=sys.stderr)
+    else:
+        traceback.print_exception(error)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _serve(requests: Iterable[bytes], output: IO[bytes]) -> None:
@@ -137,6 +157,9 @@ def _serve(requests: Iterable[bytes], output: IO[bytes]) -> None:
         else:
             outcome = _run(request, sink)
         if _HOST is not None and os.getpid() != _HOST:  # a child the job forked came back here
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
             os._exit(0)
         for stream in (sys.stdout, sys.stderr):  # the job's prints reach the log before the next job
             with contextlib.suppress(Exception):

@@ -44,10 +44,11 @@ class InotifyBackend:
         self._notifier: Any = None
 
     def start(self) -> None:
-        if self.path.is_symlink() or self.path.parent.resolve() != self.path.parent.absolute():
-            # A link (a Kubernetes ConfigMap swaps one): the events of the folder it is in
-            # say nothing of its target's changes. Polling compares the target itself.
-            raise WatchUnavailable(f"{self.path} is reached through a symbolic link")
+        if self.path.is_symlink():
+            # The file is a link (a Kubernetes ConfigMap swaps its target): the events of the
+            # folder it is in say nothing of the target's changes. Polling compares the target.
+            # (A linked folder on the way is harmless: the watch is on the resolved folder.)
+            raise WatchUnavailable(f"{self.path} is a symbolic link")
         try:
             import pyinotify  # noqa: PLC0415 - optional: absent or broken means polling
         except Exception as e:  # ImportError, or asyncore missing on Python >= 3.12

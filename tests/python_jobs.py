@@ -70,6 +70,16 @@ def forks_and_returns(progress: Progress) -> str:
     return "parent"
 
 
+def forked_child_exit_code(how: str) -> int:
+    """Forks a child that ends by ``sys.exit(3)`` or by raising; returns its exit code."""
+    child = os.fork()
+    if child == 0:
+        if how == "exit":
+            sys.exit(3)
+        raise RuntimeError("the child fails")
+    return os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+
+
 def returns_nan() -> float:
     return float("nan")
 

@@ -252,6 +252,11 @@ def test_a_child_a_job_forks_neither_answers_for_it_nor_takes_the_hosts_place(pr
     assert process.run(_script("pid"), {}).value == host  # the host still serves, itself
 
 
+@pytest.mark.parametrize(("how", "code"), [("exit", 3), ("raise", 1)])
+def test_a_child_a_job_forks_ends_with_its_own_exit_code(shared: PythonProcess, how: str, code: int) -> None:
+    assert shared.run(_script("forked_child_exit_code"), {"how": how}).value == code
+
+
 def test_a_timeout_of_a_year_is_a_deadline_like_any_other(shared: PythonProcess) -> None:
     assert shared.run(_script("add", timeout=float(MAX_TIMEOUT)), {"a": 2}).value == {"sum": 2}
 

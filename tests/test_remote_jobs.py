@@ -51,6 +51,8 @@ def _server(behaviour: Behaviour) -> ThreadingHTTPServer:
                 status, body = 503, b"busy"
             elif path == "/deep":  # JSON nested 600 deep: valid, and more than a job's result may hold
                 body = b"[" * 600 + b"]" * 600
+            elif path == "/deep100":  # as deep as a result may be
+                body = b"[" * 100 + b"]" * 100
             elif path == "/slow":
                 behaviour.arrived.set()
                 behaviour.release.wait(10)
@@ -91,6 +93,7 @@ def _http_registry(tmp_path: Path, base: str) -> Path:
         {"id": "slow", "kind": "http", "url": base + "/slow", "timeout": 0.3, "max_retries": 1},
         {"id": "slow_long", "kind": "http", "url": base + "/slow", "timeout": 30},
         {"id": "deep", "kind": "http", "url": base + "/deep", "timeout": 5, "max_retries": 0},
+        {"id": "deep100", "kind": "http", "url": base + "/deep100", "timeout": 5, "max_retries": 0},
     ])
 
 
@@ -105,6 +108,8 @@ def test_an_answer_nested_too_deeply_is_kept_as_text_and_breaks_nothing(
     assert final["result"]["body"] == "[" * 600 + "]" * 600
     assert rt.status(final["job_id"])["status"] == "succeeded"
     assert rt.ref("scheduler").actor_urn == scheduler and rt.stats_snapshot()["restarts"] == 0
+    at_the_limit = rt.run("deep100", timeout=10)  # 100 levels: still a result, parsed
+    assert at_the_limit["status"] == "succeeded" and at_the_limit["result"]["json"] is not None
 
 
 def test_http_jobs_run_through_the_pool_with_progress_and_stats(

@@ -122,6 +122,18 @@ def test_a_registry_reached_through_a_symlink_is_polled(start_runtime: Callable[
     wait_until(lambda: _description(rt) == "swapped")
 
 
+def test_inotify_watches_a_registry_in_a_folder_reached_through_a_link(
+    start_runtime: Callable[..., Runtime], tmp_path: Path
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to("real")  # as /tmp -> /private/tmp, a linked home folder
+    registry = write_registry(tmp_path / "linked" / "registry.json", sample_scripts())
+    rt = start_runtime(registry, watcher="inotify")
+    assert rt.watcher.backend_name().get(timeout=5) == "inotify"
+    _save(registry, _changed("seen"), "atomic")
+    wait_until(lambda: _description(rt) == "seen")
+
+
 def test_falls_back_to_polling_when_inotify_is_unavailable(
     start_runtime: Callable[..., Runtime], registry_file: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
