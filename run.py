@@ -19,6 +19,7 @@ from typing import Any
 
 from runtime import ActorRuntimeError, InvalidArguments, Runtime, load_registry
 from runtime.config import load_settings
+from runtime.registry import MAX_TIMEOUT
 
 logger = logging.getLogger("run")
 
@@ -57,7 +58,7 @@ def _seconds(text: str) -> float:
         seconds = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= seconds <= 366 * 24 * 3600:  # False for NaN too
+    if not 0 <= seconds <= MAX_TIMEOUT:  # False for NaN too
         raise argparse.ArgumentTypeError(f"must be from 0 to a year of seconds, got {text!r}")
     return seconds
 

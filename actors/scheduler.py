@@ -724,10 +724,10 @@ class SchedulerActor(SupervisedActor):
                 assert script is not None
                 if not self._tell_worker(start.worker, RunJob(record.id, start.attempt, script,
                                                               record.arguments, start.cancel, self.actor_ref)):
-                    self._outcome(start.record.id, core.abandon(start.record.id, f"worker {start.worker} is gone"))
+                    self._outcome(record.id, core.abandon(record.id, f"worker {start.worker} is gone"))
                     core.worker_lost(start.worker)
                     continue
-                self._arm_deadline(start.record.id, start.attempt, self._timeout_of(script.id))
+                self._arm_deadline(record.id, start.attempt, self._timeout_of(script.id))
             starts = core.dispatch() if freed and not self.memory.draining else []
         if not self._deadlines:  # nothing runs: nothing to watch
             self._stop_deadline_timer()

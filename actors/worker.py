@@ -104,7 +104,8 @@ class WorkerActor(SupervisedActor):
         script = job.script
         logger.debug("worker %s runs job %s attempt %d (%s)", self.name, job.job_id, job.attempt, script.id)
         result = self._attempt(job, progress)
-        if any(too_deep(value) for value in (result.value, *result.extra.values())):  # a backstop: the executors check
+        # A python value is checked where it is made (run_python, the host); sql rows are not.
+        if any(too_deep(value) for value in result.extra.values()):
             result = ExecutionResult("failed", result.exit_code, duration=result.duration,
                                      error=f"the result is nested more than {MAX_NESTING} levels deep")
         self._last_report = JobFinished(job.job_id, job.attempt, self.name, result.to_dict(), self.actor_urn)

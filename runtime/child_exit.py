@@ -10,12 +10,14 @@ import os
 import select
 import time
 
-__all__ = ["EXIT_POLL", "exited_within", "has_exited", "open_pidfd"]
+__all__ = ["EXIT_POLL", "LONGEST_POLL", "exited_within", "has_exited", "open_pidfd"]
 
 #: Wait for exits on a pidfd (Linux >= 5.3). Tests switch it off to cover the portable way.
 USE_PIDFD = hasattr(os, "pidfd_open")
 #: Without a pidfd: the first and the longest pause between two exit checks, in seconds.
 EXIT_POLL = (0.0005, 0.05)
+#: Seconds one poll() sleeps at most: it cannot take a timeout of years (a script's may be a year).
+LONGEST_POLL = 3600.0
 
 
 def open_pidfd(pid: int) -> int | None:

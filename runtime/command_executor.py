@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from runtime.child_exit import EXIT_POLL, has_exited, open_pidfd
+from runtime.child_exit import EXIT_POLL, LONGEST_POLL, has_exited, open_pidfd
 from runtime.command_output import OutputCapture, ProgressFilter
 from runtime.executors import DEFAULT_OUTPUT_CAP, NOT_RETRYABLE, ExecutionResult, ProgressCallback, report_progress
 from runtime.registry import Script
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 _GRACE = 0.5  # seconds between SIGTERM and SIGKILL
 _DRAIN_TIMEOUT = 5.0  # seconds to wait for pipes still held open by a process that left the group
-_LONGEST_WAIT = 3600.0  # seconds poll() sleeps at most (it cannot take a timeout of years)
 #: Why a program cannot start, for good: not there, not executable, not a program.
 _CANNOT_RUN = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # the most a pipe takes in one write, atomically
@@ -253,7 +252,7 @@ class CommandExecution:
                     self._signal(proc.pid, signal.SIGTERM)
                     killing, deadline = True, now + _GRACE
                 continue
-            wait = None if deadline is None else min(deadline - now, _LONGEST_WAIT)
+            wait = None if deadline is None else min(deadline - now, LONGEST_POLL)
             if pidfd is None and not exited:
                 wait = exit_poll if wait is None else min(wait, exit_poll)
                 exit_poll = min(exit_poll * 2, EXIT_POLL[1])

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import ConfigError
+from runtime.registry import MAX_TIMEOUT
 
 __all__ = ["ENV_NAMES", "Settings", "load_settings"]
 
@@ -31,7 +32,6 @@ _WATCHERS = ("auto", "inotify", "polling")
 #: Settings that are seconds: each is waited for, and a wait takes at most about a year.
 _DURATIONS = frozenset({"poll_interval", "restart_window", "backoff_min", "backoff_max", "backoff_reset",
                         "ask_timeout", "retry_backoff_min", "retry_backoff_max", "drain_timeout"})
-_LONGEST_DURATION = 366 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +92,8 @@ class Settings:
             value = getattr(self, field.name)
             if field.type == "float" and isinstance(value, (int, float)) and not math.isfinite(value):
                 raise ConfigError(f"setting {field.name} must be a finite number, got {value}")
-            if field.name in _DURATIONS and isinstance(value, (int, float)) and value > _LONGEST_DURATION:
-                raise ConfigError(f"setting {field.name} must be at most {_LONGEST_DURATION} seconds (a year), "
+            if field.name in _DURATIONS and isinstance(value, (int, float)) and value > MAX_TIMEOUT:
+                raise ConfigError(f"setting {field.name} must be at most {MAX_TIMEOUT} seconds (a year), "
                                   f"got {value}")
         if self.backoff_reset < 0:
             raise ConfigError(f"setting backoff_reset must be 0 or more, got {self.backoff_reset}")

@@ -71,7 +71,7 @@ class _Channel:
         self._send(line, self._job, closing=True)
 
     def _send(self, line: bytes, job: int, closing: bool = False) -> None:
-        if _HOST is not None and os.getpid() != _HOST:
+        if _forked():
             return  # from a child the job forked: only the host speaks the protocol
         with self._lock:
             if job != self._job or not self._open:
@@ -119,7 +119,7 @@ def _run(request: Any, sink: Callable[[float, str], None]) -> bytes:
     try:
         value = function(**kwargs)
     except BaseException as e:  # noqa: BLE001 - this process exists to run the job: nothing may end it
-        if _HOST is not None and os.getpid() != _HOST:
+        if _forked():
             _end_forked_child(e)
         log.warning("script %r raised", script_id, exc_info=True)
         return _failed(f"{type(e).__name__}: {e}")
@@ -137,10 +137,20 @@ def _end_forked_child(error: BaseException) -> None:
             print(error.code, file=sys.stderr)
     else:
         traceback.print_exception(error)
+    _flush_stdio()
+    os._exit(code)
+
+
+def _forked() -> bool:
+    """Whether this process is a child a job forked, not the host."""
+    return _HOST is not None and os.getpid() != _HOST
+
+
+def _flush_stdio() -> None:
+    """The job's prints reach the log (they may be buffered)."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(code)
 
 
 def _serve(requests: Iterable[bytes], output: IO[bytes]) -> None:
@@ -156,14 +166,9 @@ def _serve(requests: Iterable[bytes], output: IO[bytes]) -> None:
             outcome = _failed(f"python host: a request is not JSON: {e}")
         else:
             outcome = _run(request, sink)
-        if _HOST is not None and os.getpid() != _HOST:  # a child the job forked came back here
-            for stream in (sys.stdout, sys.stderr):
-                with contextlib.suppress(Exception):
-                    stream.flush()
+        _flush_stdio()  # before the next job
+        if _forked():  # a child the job forked came back here
             os._exit(0)
-        for stream in (sys.stdout, sys.stderr):  # the job's prints reach the log before the next job
-            with contextlib.suppress(Exception):
-                stream.flush()
         channel.finish(outcome)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from runtime.child_exit import EXIT_POLL, exited_within, open_pidfd
+from runtime.child_exit import EXIT_POLL, LONGEST_POLL, exited_within, open_pidfd
 from runtime.executors import NOT_RETRYABLE, ExecutionResult, ProgressCallback, report_progress, require_kind
 from runtime.python_host import READY
 from runtime.registry import Script
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 64 * 1024  # bytes read from the host at once
 _READ_CHUNKS = 16  # reads before the loop looks at the deadline and a cancel again
-_LONGEST_WAIT = 3600.0  # seconds one poll() sleeps at most (it cannot take a timeout of years)
 _CLOSE_GRACE = 1.0  # seconds close() lets the host end by itself before killing its group
 _EXIT_GRACE = 1.0  # seconds to wait for the exit of a host that closed its output mid-job
 _READY = READY.rstrip(b"\n")
@@ -311,7 +310,7 @@ class PythonProcess:
             if host.pidfd is None:  # a host that dies while a process it started holds its output
                 remaining = min(remaining, exit_poll)
                 exit_poll = min(exit_poll * 2, EXIT_POLL[1])
-            ready = dict(poller.poll(math.ceil(min(remaining, _LONGEST_WAIT) * 1000)))
+            ready = dict(poller.poll(math.ceil(min(remaining, LONGEST_POLL) * 1000)))
             if host.stdout in ready or host.pidfd in ready or (host.pidfd is None and host.exited()):
                 was_ready = host.ready
                 outcome = self._read(host, script, on_progress)

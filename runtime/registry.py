@@ -263,12 +263,12 @@ def _parse_retry_backoff(check: _Checker) -> Mapping[str, float]:
         raise check.fail("retry_backoff", f"unknown field(s) {', '.join(unknown)}; use min and max")
     backoff: dict[str, float] = {}
     for name, value in raw.items():
-        seconds = None if isinstance(value, bool) or not isinstance(value, (int, float)) else _finite_seconds(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise check.fail(f"retry_backoff.{name}", f"must be a number of seconds, got {_json_type(value)}")
+        seconds = _finite_seconds(value)
         if seconds is None or not 0 <= seconds <= MAX_TIMEOUT:
             raise check.fail(f"retry_backoff.{name}", f"must be a number of seconds from 0 to {MAX_TIMEOUT} "
-                                                     f"(a year), got {_json_type(value)} {value!r}"
-                             if isinstance(value, (int, float)) and not isinstance(value, bool)
-                             else f"must be a number of seconds, got {_json_type(value)}")
+                                                     f"(a year), got {_json_type(value)} {value!r}")
         backoff[name] = seconds
     if backoff.get("min", 0.0) > backoff.get("max", math.inf):
         raise check.fail("retry_backoff", f"min ({backoff['min']:g}) must not exceed max ({backoff['max']:g})")

@@ -502,7 +502,7 @@ class Runtime:
 
     def _accept(self, jobs: AcceptJobs) -> list[str]:
         """Have the scheduler accept jobs checked here (one commit); their ids."""
-        return list(self._ask("scheduler", lambda _: self.ref("scheduler").ask(jobs, block=False)))
+        return list(self._ask("scheduler", lambda scheduler: scheduler.actor_ref.ask(jobs, block=False)))
 
     def _checked_job(self, script_id: str, arguments: dict[str, Any] | None,
                      lookup: Callable[[str], Script] | None = None) -> tuple[Script, dict[str, Any]]:

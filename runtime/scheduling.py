@@ -17,7 +17,7 @@ from typing import Any
 from runtime.errors import InvalidArguments
 from runtime.execution_stats import ExecutionStats
 from runtime.messages import CancelSlot
-from runtime.registry import Script
+from runtime.registry import MAX_TIMEOUT, Script
 from runtime.store import STOPPED_ERROR, JobRecord, JobState, JobStore
 
 __all__ = ["Dispatch", "JobCheck", "Outcome", "RetryPolicy", "Running", "SchedulerCore", "SchedulerMemory",
@@ -41,9 +41,6 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         nominal = min(self.maximum, self.minimum * 2 ** min(max(retry - 1, 0), 62))
         return nominal / 2 + self.rng() * nominal / 2
-
-
-_LONGEST_WAIT = 366 * 24 * 3600.0  # seconds: threading's waits take no more
 
 
 def priority_level(value: Any) -> int:
@@ -70,9 +67,9 @@ def check_wait_timeout(timeout: Any) -> float | None:
         return None
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         seconds = float(timeout)
-        if 0 <= seconds <= _LONGEST_WAIT:  # False for NaN too
+        if 0 <= seconds <= MAX_TIMEOUT:  # False for NaN too; threading's waits take no more
             return seconds
-    raise InvalidArguments(f"timeout must be None or a number of seconds from 0 to {_LONGEST_WAIT:.0f} "
+    raise InvalidArguments(f"timeout must be None or a number of seconds from 0 to {MAX_TIMEOUT} "
                            f"(a year), got {timeout!r}")
 
 
